@@ -1,0 +1,130 @@
+"""Weak weights for a DreamBooth checkpoint: the per-layer difference D = θ_finetuned − θ_base.
+
+The base is read tensor by tensor with safetensors (no pickle), checked name by name and shape by shape
+against the loaded model, and only the tensors that differ are kept, in the loaded model's storage
+dtype. `low_memory=True` keeps a truncated SVD per weight instead (rank by an energy threshold and a
+per-layer memory budget), with its relative error reported.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Iterator, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .deltas import DenseDelta, LayerDelta, is_supported, low_rank_approximation
+
+UNET_PREFIX = "model.diffusion_model."
+
+
+class CheckpointMismatch(ValueError):
+    """The base checkpoint does not fit the loaded model; the message says what differs."""
+
+
+@dataclasses.dataclass
+class CheckpointDeltas:
+    """Per-layer differences of the loaded UNet from a base checkpoint, with bookkeeping for the UI."""
+
+    deltas: dict[nn.Module, list[LayerDelta]]
+    changed_tensors: int
+    total_tensors: int
+    nbytes: int
+    unet_nbytes: int
+    relative_error: float = 0.0  # low-memory mode: ‖D − D_r‖ / ‖D‖ over all weights
+
+    @property
+    def memory_fraction(self) -> float:
+        return self.nbytes / max(self.unet_nbytes, 1)
+
+
+def read_unet_tensors(path: str, prefix: str = UNET_PREFIX) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name without prefix, tensor) for every UNet tensor of a .safetensors file, one at a time."""
+    if not path.lower().endswith(".safetensors"):
+        raise CheckpointMismatch(
+            f"base checkpoint {os.path.basename(path)!r} is not a .safetensors file; PG reads bases with "
+            "safetensors only (no pickle). Convert it, e.g. with the WebUI's Checkpoint Merger (safetensors output).")
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt", device="cpu") as f:
+        keys = [k for k in f.keys() if k.startswith(prefix)]
+        if not keys:
+            raise CheckpointMismatch(f"base checkpoint {os.path.basename(path)!r} has no UNet tensors ('{prefix}*')")
+        for key in keys:
+            yield key[len(prefix):], f.get_tensor(key)
+
+
+def _owner(unet: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, _, param = name.rpartition(".")
+    return unet.get_submodule(module_name) if module_name else unet, param
+
+
+def _describe(shape: torch.Size, name: str) -> str:
+    if name == "input_blocks.0.0.weight" and len(shape) == 4:
+        return f"{shape[1]} input channels ({'inpainting' if shape[1] == 9 else 'instruct-pix2pix' if shape[1] == 8 else 'txt2img'})"
+    if name.endswith("attn2.to_k.weight"):
+        return f"text context width {shape[1]} (768 = SD1, 1024 = SD2, 2048 = SDXL)"
+    return f"shape {list(shape)}"
+
+
+def checkpoint_deltas(unet: nn.Module, base: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]],
+                      original: Optional[Callable[[nn.Module, str], torch.Tensor]] = None,
+                      low_memory: bool = False, energy: float = 0.9, budget: float = 0.12) -> CheckpointDeltas:
+    """D = loaded − base for every UNet tensor that differs, grouped by layer.
+
+    `original(module, param_name)` gives the loaded checkpoint's own value of a parameter when the host
+    has merged something into it (A1111 keeps LoRA-free weights in `network_weights_backup`).
+    """
+    items = base.items() if isinstance(base, Mapping) else base
+    loaded = dict(unet.named_parameters())
+    seen: set[str] = set()
+    deltas: dict[nn.Module, list[LayerDelta]] = {}
+    parts: dict[nn.Module, dict[str, torch.Tensor]] = {}
+    changed, nbytes, err_num, err_den = 0, 0, 0.0, 0.0
+    for name, tensor in items:
+        if name not in loaded:
+            if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+                continue
+            raise CheckpointMismatch(f"base checkpoint has UNet tensor '{name}' that the loaded model lacks: "
+                                     "the two are different architectures")
+        seen.add(name)
+        module, param = _owner(unet, name)
+        ours = original(module, param) if original else loaded[name].detach()
+        if tuple(ours.shape) != tuple(tensor.shape):
+            raise CheckpointMismatch(f"base checkpoint tensor '{name}' has {_describe(tensor.shape, name)}, the loaded "
+                                     f"model has {_describe(ours.shape, name)}: not the base of this model")
+        diff = ours.detach().to("cpu", torch.float32) - tensor.to(torch.float32)
+        if not bool(diff.any()):
+            continue
+        if not is_supported(module):
+            raise CheckpointMismatch(f"tensor '{name}' differs but belongs to a {type(module).__name__}, which PG cannot interpolate")
+        changed += 1
+        parts.setdefault(module, {})[param] = diff.to(ours.dtype if ours.is_floating_point() else torch.float32)
+    missing = sorted(set(loaded) - seen)
+    if missing:
+        raise CheckpointMismatch(f"base checkpoint lacks {len(missing)} UNet tensors of the loaded model, e.g. "
+                                 f"'{missing[0]}': the two are different architectures")
+    for module, params in parts.items():
+        delta = DenseDelta(params.get("weight"), params.get("bias"))
+        if low_memory:
+            budget_rank = _budget_rank(delta, budget)
+            approx, rel = low_rank_approximation(delta, energy=energy, max_rank=budget_rank)
+            total = float(delta.weight.float().pow(2).sum()) if delta.weight is not None else 0.0
+            err_num += rel * rel * total
+            err_den += total
+            delta = approx
+        deltas[module] = [delta]
+        nbytes += delta.nbytes()
+    unet_nbytes = sum(p.numel() * p.element_size() for p in loaded.values())
+    rel_error = (err_num / err_den) ** 0.5 if err_den else 0.0
+    return CheckpointDeltas(deltas, changed, len(loaded), nbytes, unet_nbytes, rel_error)
+
+
+def _budget_rank(delta: DenseDelta, budget: float) -> Optional[int]:
+    """Largest rank whose two factors stay within `budget` of the weight's size (at least 1)."""
+    w = delta.weight
+    if w is None or w.dim() < 2:
+        return None
+    rows, cols = w.shape[0], w[0].numel()
+    return max(1, int(budget * rows * cols / (rows + cols)))

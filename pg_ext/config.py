@@ -1,0 +1,208 @@
+"""Personalization Guidance settings: one frozen, validated object and the single table of its fields.
+
+Every edge of the extension (UI, REST API, infotext paste, X/Y/Z) goes through `Settings.from_values`,
+so a bad value gets the same message wherever it comes from: it names the setting and quotes the value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+WEAK_PROMPTS = ("negative", "empty")
+BASE_MODES = ("exact", "low-memory")
+
+
+class SettingsError(ValueError):
+    """A setting has a value PG cannot use; the message names the setting and the value."""
+
+    def __init__(self, field: str, value: Any, expected: str):
+        self.field, self.value, self.expected = field, value, expected
+        super().__init__(f"Personalization Guidance: setting '{field}' {expected}, got {value!r}")
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "on", "off", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "on", "1", "yes")
+    raise SettingsError(name, value, "must be true or false")
+
+
+def _as_fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise SettingsError(name, value, "must be a number in [0, 1]")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(name, value, "must be a number in [0, 1]") from None
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise SettingsError(name, value, "must be a number in [0, 1]")
+    return number
+
+
+def _as_choice(choices: Sequence[str]) -> Callable[[str, Any], str]:
+    def parse(name: str, value: Any) -> str:
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text not in choices:
+            raise SettingsError(name, value, "must be one of " + ", ".join(repr(c) for c in choices))
+        return text
+
+    return parse
+
+
+def parse_name_list(value: Any) -> tuple[str, ...]:
+    """'a, b' or ['a', 'b'] -> ('a', 'b'); used for the LoRA selection."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):  # a JSON list pasted from an infotext or an API client
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise SettingsError("loras", value, "must be a comma-separated list of LoRA names") from None
+        else:
+            value = text.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise SettingsError("loras", value, "must be a comma-separated list of LoRA names")
+    names = [v.strip() for v in value if v.strip()]
+    return tuple(dict.fromkeys(names))
+
+
+def _as_names(name: str, value: Any) -> tuple[str, ...]:
+    return parse_name_list(value)
+
+
+def _as_text(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SettingsError(name, value, "must be a checkpoint name (text)")
+    text = value.strip()
+    return "" if text.lower() == "none" else text
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One setting: its API name, UI label, infotext key, default and parser."""
+
+    name: str
+    label: str
+    infotext: str
+    default: Any
+    parse: Callable[[str, Any], Any]
+    help: str
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("enabled", "Enable Personalization Guidance", "PG", False, _as_bool,
+          "Off by default; when on, CFG's unconditional branch comes from the weak model."),
+    Field("omega", "ω (weak model strength)", "PG omega", 0.5, _as_fraction,
+          "1 = plain CFG; 0.4-0.6 balances subject and prompt; 0-0.3 for most subject fidelity."),
+    Field("loras", "Personalization LoRAs", "PG LoRAs", (), _as_names,
+          "Comma-separated LoRA names from the prompt that carry the subject; empty = all of them."),
+    Field("weak_prompt", "Weak branch prompt", "PG weak prompt", "negative", _as_choice(WEAK_PROMPTS),
+          "'negative': the weak model sees your negative prompt; 'empty': the paper's null prompt."),
+    Field("start", "Start at", "PG start", 0.0, _as_fraction,
+          "Fraction of the sampling steps at which PG starts; before it, plain CFG."),
+    Field("end", "End at", "PG end", 1.0, _as_fraction,
+          "Fraction of the sampling steps after which PG stops; after it, plain CFG."),
+    Field("hires", "Also in the hires. fix pass", "PG hires", True, _as_bool,
+          "Run PG in the second (hires. fix) pass too."),
+    Field("base_checkpoint", "Base checkpoint (DreamBooth)", "PG base", "", _as_text,
+          "For a DreamBooth checkpoint: the checkpoint it was trained from; empty = LoRA mode only."),
+    Field("base_mode", "Base checkpoint mode", "PG base mode", "exact", _as_choice(BASE_MODES),
+          "'exact': one extra UNet of memory; 'low-memory': low-rank difference, ≤15% of a UNet."),
+)
+FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The effective PG settings of one job; build it with `from_values`, never by hand from raw input."""
+
+    enabled: bool = False
+    omega: float = 0.5
+    loras: tuple[str, ...] = ()
+    weak_prompt: str = "negative"
+    start: float = 0.0
+    end: float = 1.0
+    hires: bool = True
+    base_checkpoint: str = ""
+    base_mode: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.start >= self.end:
+            raise SettingsError("start", self.start, f"must be below 'end' ({self.end})")
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], defaults: "Settings | None" = None) -> "Settings":
+        """Validated settings from a name -> value mapping; missing names keep `defaults`."""
+        unknown = [k for k in values if k not in FIELD_BY_NAME]
+        if unknown:
+            raise SettingsError(str(unknown[0]), values[unknown[0]],
+                                "is not a setting; known settings: " + ", ".join(FIELD_NAMES))
+        base = dataclasses.asdict(defaults or cls())
+        parsed = {name: FIELD_BY_NAME[name].parse(name, value) for name, value in values.items()}
+        return cls(**{**base, **parsed})
+
+    @classmethod
+    def from_positional(cls, args: Sequence[Any], defaults: "Settings | None" = None) -> "Settings":
+        """Settings from the script's positional arguments (UI order = `FIELD_NAMES`).
+
+        A single dict argument is read as name -> value (the REST API's friendly form).
+        """
+        if len(args) >= 1 and isinstance(args[0], Mapping):
+            extra = [a for a in args[1:] if a is not None]
+            if extra:
+                raise SettingsError("args", list(args), "must be either one object of settings or the positional values")
+            return cls.from_values(args[0], defaults)
+        if len(args) > len(FIELDS):
+            raise SettingsError("args", list(args), f"takes at most {len(FIELDS)} positional values ({', '.join(FIELD_NAMES)})")
+        return cls.from_values(dict(zip(FIELD_NAMES, args)), defaults)
+
+    def active(self) -> bool:
+        """Whether PG changes anything: enabled and ω below 1."""
+        return self.enabled and self.omega < 1.0
+
+    def in_range(self, fraction_done: float) -> bool:
+        """Whether a step at `fraction_done` of the sampling run is inside [start, end]."""
+        return self.start <= fraction_done <= self.end if self.end >= 1.0 else self.start <= fraction_done < self.end
+
+    def infotext(self) -> dict[str, Any]:
+        """The infotext keys of these settings (only meaningful when PG ran)."""
+        out: dict[str, Any] = {
+            "PG omega": round(self.omega, 4),
+            "PG weak prompt": self.weak_prompt,
+        }
+        if self.loras:
+            out["PG LoRAs"] = ", ".join(self.loras)
+        if (self.start, self.end) != (0.0, 1.0):
+            out["PG start"], out["PG end"] = round(self.start, 4), round(self.end, 4)
+        if not self.hires:
+            out["PG hires"] = False
+        if self.base_checkpoint:
+            out["PG base"] = self.base_checkpoint
+            out["PG base mode"] = self.base_mode
+        return out
+
+    @classmethod
+    def from_infotext(cls, params: Mapping[str, str]) -> "Settings":
+        """Settings from a parsed infotext; without 'PG omega' the result is disabled."""
+        if "PG omega" not in params:
+            return cls(enabled=False)
+        values: dict[str, Any] = {"enabled": True}
+        for f in FIELDS:
+            if f.infotext in params and f.name != "enabled":
+                values[f.name] = params[f.infotext]
+        return cls.from_values(values)
+
+
+def settings_names(fields: Iterable[Field] = FIELDS) -> list[str]:
+    """API names in positional order (documented in the README)."""
+    return [f.name for f in fields]

@@ -1,0 +1,157 @@
+"""Weight differences θ' − θ of one layer, and what they contribute to the layer's output.
+
+Linear, Conv2d, GroupNorm and LayerNorm are affine in their parameters, so a layer evaluated with
+W + D equals the layer with W plus `contribution(D, x)` — the same op run with D as its parameters
+(and no bias for the normalisation part of a norm). That identity is what lets the weak rows of a
+batch be corrected layer by layer: y_weak = y' − (1 − ω)·contribution(D, x).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
+
+
+def is_supported(layer: nn.Module) -> bool:
+    """Whether PG can correct this layer type row by row."""
+    return isinstance(layer, SUPPORTED_LAYERS)
+
+
+def layer_op(layer: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor],
+             bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The layer's own functional op on `x` with the given parameters (any may be None)."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, weight, bias)
+    if isinstance(layer, nn.Conv2d):
+        if layer.padding_mode != "zeros":
+            raise NotImplementedError(f"Conv2d padding_mode={layer.padding_mode!r} is not supported")
+        return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+    if isinstance(layer, nn.GroupNorm):
+        # GroupNorm32 in ldm/sgm computes in float32; follow it so the correction matches.
+        return F.group_norm(x.float(), layer.num_groups, _float(weight), _float(bias), layer.eps).to(x.dtype)
+    if isinstance(layer, nn.LayerNorm):
+        return F.layer_norm(x, layer.normalized_shape, weight, bias, layer.eps)
+    raise TypeError(f"unsupported layer type {type(layer).__name__}")
+
+
+def _float(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.float()
+
+
+@dataclasses.dataclass
+class DenseDelta:
+    """A full-size parameter difference: `weight` has the layer weight's shape, `bias` the bias's."""
+
+    weight: Optional[torch.Tensor]
+    bias: Optional[torch.Tensor] = None
+
+    def contribution(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Output change of `layer` on `x` when this difference is added to its parameters."""
+        weight, bias = self.weight, self.bias
+        if isinstance(layer, (nn.GroupNorm, nn.LayerNorm)) and weight is None:
+            # Only the bias moved: normalised(x)·0 + Δb; group_norm without a weight would mean 1, not 0.
+            weight = torch.zeros_like(bias)
+        return layer_op(layer, x, _like(weight, x), _like(bias, x))
+
+    def dense(self) -> "DenseDelta":
+        return self
+
+    def scaled(self, factor: float) -> "DenseDelta":
+        return DenseDelta(None if self.weight is None else self.weight * factor,
+                          None if self.bias is None else self.bias * factor)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.weight, self.bias) if t is not None)
+
+
+@dataclasses.dataclass
+class LowRankDelta:
+    """D = scale · up @ down for a Linear or Conv2d (LoRA/LoCon layout), plus an optional bias delta.
+
+    Linear: down [r, in], up [out, r]. Conv2d: down [r, in, kh, kw] (runs with the layer's stride,
+    padding and dilation), up [out, r, 1, 1].
+    """
+
+    down: torch.Tensor
+    up: torch.Tensor
+    scale: float = 1.0
+    bias: Optional[torch.Tensor] = None
+
+    def contribution(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """scale · up(down(x)) (+ bias): the cheap form, r channels in the middle instead of a full matmul."""
+        down, up = _like(self.down, x), _like(self.up, x)
+        if isinstance(layer, nn.Linear):
+            out = F.linear(F.linear(x, down), up)
+        elif isinstance(layer, nn.Conv2d):
+            if layer.groups != 1:
+                raise NotImplementedError("low-rank deltas on grouped convolutions are not supported")
+            out = F.conv2d(F.conv2d(x, down, None, layer.stride, layer.padding, layer.dilation), up)
+        else:
+            raise TypeError(f"a low-rank delta needs a Linear or Conv2d layer, got {type(layer).__name__}")
+        out = out * self.scale
+        if self.bias is not None:
+            shape = (-1,) + (1,) * (out.dim() - 2) if isinstance(layer, nn.Conv2d) else (-1,)
+            out = out + _like(self.bias, x).reshape(shape)
+        return out
+
+    def dense(self) -> DenseDelta:
+        """The same difference as a full matrix (for merging or the exact-weights path)."""
+        up, down = self.up.float(), self.down.float()
+        weight = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:]) * self.scale
+        return DenseDelta(weight.to(self.up.dtype), self.bias)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.down, self.up, self.bias) if t is not None)
+
+
+LayerDelta = Union[DenseDelta, LowRankDelta]
+
+
+def _like(t: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+    if t is None:
+        return None
+    if t.device != x.device or t.dtype != x.dtype:
+        return t.to(device=x.device, dtype=x.dtype, non_blocking=True)
+    return t
+
+
+def sum_dense(deltas: list[LayerDelta]) -> DenseDelta:
+    """Several differences of one layer as one dense difference."""
+    dense = [d.dense() for d in deltas]
+    weights = [d.weight.float() for d in dense if d.weight is not None]
+    biases = [d.bias.float() for d in dense if d.bias is not None]
+    return DenseDelta(sum(weights) if weights else None, sum(biases) if biases else None)
+
+
+def low_rank_approximation(delta: DenseDelta, energy: float = 0.95, max_rank: Optional[int] = None
+                           ) -> tuple[LayerDelta, float]:
+    """Truncated SVD of a Linear/Conv2d weight difference keeping `energy` of its squared norm.
+
+    Returns (delta, relative Frobenius error). Deltas of 1-D parameters (norms, biases) stay dense:
+    they are small. A rank that would not save memory keeps the dense form (error 0).
+    """
+    w = delta.weight
+    if w is None or w.dim() < 2:
+        return delta, 0.0
+    matrix = w.float().flatten(1)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    total = float((s ** 2).sum())
+    if total == 0.0:
+        return DenseDelta(None, delta.bias), 0.0
+    kept = torch.cumsum(s ** 2, 0) / total
+    rank = int(torch.searchsorted(kept, torch.tensor(energy)).item()) + 1
+    rank = min(rank, len(s), max_rank or len(s))
+    if rank * (matrix.shape[0] + matrix.shape[1]) >= matrix.numel():
+        return delta, 0.0
+    error = float(((s[rank:] ** 2).sum() / total).sqrt())
+    up = (u[:, :rank] * s[:rank]).to(w.dtype)
+    down = vh[:rank].to(w.dtype)
+    if w.dim() == 4:
+        up = up.reshape(w.shape[0], rank, 1, 1)
+        down = down.reshape(rank, *w.shape[1:])
+    return LowRankDelta(down=down, up=up, scale=1.0, bias=delta.bias), error
