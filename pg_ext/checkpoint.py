@@ -128,3 +128,30 @@ def _budget_rank(delta: DenseDelta, budget: float) -> Optional[int]:
         return None
     rows, cols = w.shape[0], w[0].numel()
     return max(1, int(budget * rows * cols / (rows + cols)))
+
+
+class DeltaCache:
+    """Base-checkpoint differences kept between jobs (keyed by model, files and mode); `size` entries."""
+
+    def __init__(self, size: int = 1):
+        self.size = size
+        self._entries: dict[tuple, CheckpointDeltas] = {}
+        self.builds = 0  # how many times a base was read from disk (tests and the benchmark check it)
+
+    def get(self, key: tuple, build: Callable[[], CheckpointDeltas]) -> CheckpointDeltas:
+        """The cached differences for `key`, building (reading the base) only on a miss."""
+        if key in self._entries:
+            return self._entries[key]
+        entry = build()
+        self.builds += 1
+        if self.size > 0:
+            while len(self._entries) >= self.size:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = entry
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 WEAK_PROMPTS = ("negative", "empty")
 BASE_MODES = ("exact", "low-memory")
@@ -92,14 +92,14 @@ class Field:
 
     name: str
     label: str
-    infotext: str
+    infotext: Optional[str]  # None: not written (enabled = "PG omega" is present)
     default: Any
     parse: Callable[[str, Any], Any]
     help: str
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("enabled", "Enable Personalization Guidance", "PG", False, _as_bool,
+    Field("enabled", "Enable Personalization Guidance", None, False, _as_bool,
           "Off by default; when on, CFG's unconditional branch comes from the weak model."),
     Field("omega", "ω (weak model strength)", "PG omega", 0.5, _as_fraction,
           "1 = plain CFG; 0.4-0.6 balances subject and prompt; 0-0.3 for most subject fidelity."),
@@ -118,6 +118,8 @@ FIELDS: tuple[Field, ...] = (
     Field("base_mode", "Base checkpoint mode", "PG base mode", "exact", _as_choice(BASE_MODES),
           "'exact': one extra UNet of memory; 'low-memory': low-rank difference, ≤15% of a UNet."),
 )
+NOTE_KEY = "PG note"  # one line when PG was asked for but ran as plain CFG, and why
+INFOTEXT_KEYS: tuple[str, ...] = tuple(f.infotext for f in FIELDS if f.infotext) + (NOTE_KEY,)
 FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
 
@@ -155,12 +157,10 @@ class Settings:
     def from_positional(cls, args: Sequence[Any], defaults: "Settings | None" = None) -> "Settings":
         """Settings from the script's positional arguments (UI order = `FIELD_NAMES`).
 
-        A single dict argument is read as name -> value (the REST API's friendly form).
+        A dict as the first argument is read as name -> value (the REST API's friendly form); the values
+        after it are the defaults the WebUI fills in for missing arguments and are ignored.
         """
         if len(args) >= 1 and isinstance(args[0], Mapping):
-            extra = [a for a in args[1:] if a is not None]
-            if extra:
-                raise SettingsError("args", list(args), "must be either one object of settings or the positional values")
             return cls.from_values(args[0], defaults)
         if len(args) > len(FIELDS):
             raise SettingsError("args", list(args), f"takes at most {len(FIELDS)} positional values ({', '.join(FIELD_NAMES)})")
@@ -198,7 +198,7 @@ class Settings:
             return cls(enabled=False)
         values: dict[str, Any] = {"enabled": True}
         for f in FIELDS:
-            if f.infotext in params and f.name != "enabled":
+            if f.infotext and f.infotext in params:
                 values[f.name] = params[f.infotext]
         return cls.from_values(values)
 

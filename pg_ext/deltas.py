@@ -49,14 +49,15 @@ class DenseDelta:
 
     weight: Optional[torch.Tensor]
     bias: Optional[torch.Tensor] = None
+    _placed: _Placed = dataclasses.field(default_factory=lambda: _Placed(), repr=False, compare=False)
 
     def contribution(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Output change of `layer` on `x` when this difference is added to its parameters."""
-        weight, bias = self.weight, self.bias
+        weight, bias = self._placed.get((self.weight, self.bias), x)
         if isinstance(layer, (nn.GroupNorm, nn.LayerNorm)) and weight is None:
             # Only the bias moved: normalised(x)·0 + Δb; group_norm without a weight would mean 1, not 0.
             weight = torch.zeros_like(bias)
-        return layer_op(layer, x, _like(weight, x), _like(bias, x))
+        return layer_op(layer, x, weight, bias)
 
     def dense(self) -> "DenseDelta":
         return self
@@ -81,10 +82,11 @@ class LowRankDelta:
     up: torch.Tensor
     scale: float = 1.0
     bias: Optional[torch.Tensor] = None
+    _placed: _Placed = dataclasses.field(default_factory=lambda: _Placed(), repr=False, compare=False)
 
     def contribution(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """scale · up(down(x)) (+ bias): the cheap form, r channels in the middle instead of a full matmul."""
-        down, up = _like(self.down, x), _like(self.up, x)
+        down, up, bias = self._placed.get((self.down, self.up, self.bias), x)
         if isinstance(layer, nn.Linear):
             out = F.linear(F.linear(x, down), up)
         elif isinstance(layer, nn.Conv2d):
@@ -94,9 +96,9 @@ class LowRankDelta:
         else:
             raise TypeError(f"a low-rank delta needs a Linear or Conv2d layer, got {type(layer).__name__}")
         out = out * self.scale
-        if self.bias is not None:
+        if bias is not None:
             shape = (-1,) + (1,) * (out.dim() - 2) if isinstance(layer, nn.Conv2d) else (-1,)
-            out = out + _like(self.bias, x).reshape(shape)
+            out = out + bias.reshape(shape)
         return out
 
     def dense(self) -> DenseDelta:
@@ -118,6 +120,20 @@ def _like(t: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
     if t.device != x.device or t.dtype != x.dtype:
         return t.to(device=x.device, dtype=x.dtype, non_blocking=True)
     return t
+
+
+class _Placed:
+    """Copies of a delta's tensors on the compute device/dtype, made once per run instead of per call."""
+
+    def __init__(self) -> None:
+        self.key: tuple = ()
+        self.tensors: tuple = ()
+
+    def get(self, tensors: tuple, x: torch.Tensor) -> tuple:
+        key = (x.device, x.dtype)
+        if key != self.key:
+            self.key, self.tensors = key, tuple(_like(t, x) for t in tensors)
+        return self.tensors
 
 
 def sum_dense(deltas: list[LayerDelta]) -> DenseDelta:

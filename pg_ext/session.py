@@ -1,0 +1,112 @@
+"""One generation job with PG: prepare each sampling pass, route each CFG step, always clean up.
+
+Host-neutral: the adapter hands in the UNet module, the text encoder's layers, the Lora extension's
+loaded networks and a function that encodes prompts; this object never reaches for the host itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .branch import ALL_ROWS, ParamDeltas, WeakBranch
+from .config import Settings, SettingsError
+from .deltas import LayerDelta
+from .lora_networks import collect_deltas, select_networks
+from .router import UNetRowRouter
+
+log = logging.getLogger("personalization_guidance")
+
+Deltas = Mapping[nn.Module, Sequence[LayerDelta] | ParamDeltas]
+
+
+@dataclasses.dataclass
+class PassPlan:
+    """What one sampling pass will do: which networks, how many layers, whether the text side changes."""
+
+    networks: list[str]
+    unet_layers: int
+    text_layers: int
+    weak_conditioning: Any = None  # host conditioning for the weak rows, or None = the host's uncond
+
+
+def merge_deltas(*groups: Deltas) -> dict[nn.Module, list[LayerDelta] | ParamDeltas]:
+    """Layer -> all differences of that layer from several sources (LoRAs, base checkpoint)."""
+    out: dict[nn.Module, list] = {}
+    for group in groups:
+        for layer, deltas in group.items():
+            if isinstance(deltas, ParamDeltas):
+                out[layer] = deltas
+            else:
+                out.setdefault(layer, []).extend(deltas)
+    return out
+
+
+class GuidanceSession:
+    """PG state of one job; attach it to the processing object and close it in `finally`."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.router: Optional[UNetRowRouter] = None
+        self.plan: Optional[PassPlan] = None
+        self.steps_guided = 0
+
+    def select(self, loaded_networks: Sequence[Any]) -> list[Any]:
+        """The personalization networks among the loaded ones; unknown names are an input error."""
+        selected, unknown = select_networks(loaded_networks, self.settings.loras)
+        if unknown:
+            loaded = ", ".join(sorted(getattr(n, "name", "?") for n in loaded_networks)) or "none"
+            raise SettingsError("loras", ", ".join(unknown), f"must name LoRAs used in the prompt (loaded: {loaded})")
+        return selected
+
+    def begin_pass(self, unet: nn.Module, text_layers: Iterable[nn.Module], loaded_networks: Sequence[Any],
+                   encode_weak: Optional[Callable[[], Any]], extra_unet_deltas: Deltas = {},
+                   exact_weights: bool = True, empty_prompt: bool = False) -> Optional[PassPlan]:
+        """Prepare a sampling pass; None means this pass runs as plain CFG (nothing to act on).
+
+        `encode_weak()` encodes the weak branch's prompts with the host's text encoder; it is called with
+        the text-encoder hooks active when a selected network touches the text encoder, or when the weak
+        branch uses the empty prompt.
+        """
+        self.end_pass()
+        selected = self.select(loaded_networks)
+        lora_unet = collect_deltas(unet.modules(), loaded_networks, selected)
+        unet_deltas = merge_deltas(lora_unet, extra_unet_deltas)
+        text_deltas = collect_deltas(text_layers, loaded_networks, selected)
+        if not unet_deltas and not text_deltas and not empty_prompt:
+            return None
+        weak_conditioning = None
+        if encode_weak is not None and (text_deltas or empty_prompt):
+            weak_conditioning = self._encode(encode_weak, text_deltas)
+        self.router = UNetRowRouter(unet, WeakBranch(self.settings.omega, unet_deltas, exact_weights)).attach()
+        self.plan = PassPlan([getattr(n, "name", "?") for n in selected], len(unet_deltas), len(text_deltas),
+                             weak_conditioning)
+        return self.plan
+
+    def _encode(self, encode_weak: Callable[[], Any], text_deltas: Deltas) -> Any:
+        with WeakBranch(self.settings.omega, text_deltas) as branch:
+            branch.mask = ALL_ROWS
+            return encode_weak()
+
+    def step(self, fraction_done: float, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor]) -> bool:
+        """Route one CFG step; returns whether PG acts on it (inside [start, end] and prepared)."""
+        if self.router is None:
+            return False
+        active = self.settings.in_range(fraction_done) and cond is not None and uncond is not None
+        self.router.begin_step(cond if active else None, uncond if active else None)
+        self.steps_guided += int(active)
+        return active
+
+    def end_pass(self) -> None:
+        """Remove every hook of the current pass (idempotent)."""
+        if self.router is not None:
+            self.router.detach()
+        self.router = None
+
+    def close(self) -> None:
+        """End of the job (or of a batch): nothing of PG stays on the model."""
+        self.end_pass()
+        self.plan = None

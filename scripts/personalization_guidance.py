@@ -1,0 +1,436 @@
+"""Personalization Guidance for the AUTOMATIC1111 WebUI: UI, process hooks, callbacks, infotext, API, X/Y/Z.
+
+The only file that knows the WebUI. No math here: `pg_ext` computes; this file reads the host's state,
+hands it over, and makes sure every job ends with nothing of PG left on the model (`p.sample` is
+wrapped so that the hooks are removed in `finally`, whatever happens during sampling).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import gradio as gr
+
+from modules import devices, prompt_parser, script_callbacks, scripts, sd_models, sd_samplers, sd_unet, shared
+from modules.infotext_utils import PasteField
+from modules.ui_components import InputAccordion
+
+from pg_ext import config
+from pg_ext.checkpoint import CheckpointMismatch, DeltaCache, checkpoint_deltas, read_unet_tensors
+from pg_ext.config import FIELD_BY_NAME, NOTE_KEY, Settings, SettingsError
+from pg_ext.lora_networks import original_weight
+from pg_ext.session import GuidanceSession
+
+log = logging.getLogger("personalization_guidance")
+TITLE = "Personalization Guidance"
+SESSION_ATTR = "pg_session"
+OVERRIDES_ATTR = "personalization_guidance"  # dict of settings set by X/Y/Z or other extensions
+BASE_CACHE = DeltaCache(size=1)
+
+
+def _opt(name: str, default):
+    return getattr(shared.opts, name, default) if hasattr(shared, "opts") else default
+
+
+# -- settings ---------------------------------------------------------------------------------------
+
+def _defaults() -> Settings:
+    """Settings defaults, with the user's preferred ω and hires choice from the Settings page."""
+    return Settings(omega=float(_opt("pg_default_omega", 0.5)), hires=bool(_opt("pg_hires_default", True)))
+
+
+def resolve_settings(p, args) -> Settings:
+    """The job's settings: script args (positional or one dict), then overrides put on `p`."""
+    settings = Settings.from_positional(list(args), defaults=_defaults())
+    overrides = getattr(p, OVERRIDES_ATTR, None)
+    if overrides:
+        settings = Settings.from_values(overrides, defaults=settings)
+    if settings.base_checkpoint:
+        settings = Settings.from_values({"base_checkpoint": _base_info(settings.base_checkpoint).title}, defaults=settings)
+    return settings
+
+
+def _base_info(name: str):
+    """The WebUI's checkpoint entry for `name` (title, name or hash); never a path from a request."""
+    info = sd_models.get_closet_checkpoint_match(name)
+    if info is None:
+        raise SettingsError("base_checkpoint", name, "must be a checkpoint from the WebUI's list (title, name or hash)")
+    return info
+
+
+def request_error(p, error: Exception) -> Exception:
+    """An input error as the caller should see it: HTTP 422 through the API, the message in the UI."""
+    if getattr(p, "is_api", False):
+        from fastapi import HTTPException
+
+        return HTTPException(status_code=422, detail=str(error))
+    return error
+
+
+# -- per-job plumbing -------------------------------------------------------------------------------
+
+def _guard_sample(p, session: GuidanceSession | None, error: Exception | None) -> None:
+    """Wrap this job's `p.sample`: refuse bad input before sampling; always remove PG's hooks after."""
+    original = p.sample
+
+    def sample(*args, **kwargs):
+        if error is not None:
+            raise request_error(p, error)
+        try:
+            _check_selection(p, session)
+            return original(*args, **kwargs)
+        finally:
+            if session is not None:
+                session.close()
+
+    p.sample = sample
+
+
+def _loaded_networks() -> list:
+    networks = sys.modules.get("networks")  # the built-in Lora extension; None when it is disabled
+    return list(getattr(networks, "loaded_networks", []) or [])
+
+
+def _check_selection(p, session: GuidanceSession | None) -> None:
+    """Input errors found once the prompt's LoRAs are loaded: unknown LoRA names, a base that does not fit.
+
+    Checked here, before sampling, because exceptions in script hooks never reach the caller.
+    """
+    if session is None:
+        return
+    try:
+        session.select(_loaded_networks())
+        _base_deltas(session.settings, shared.sd_model, shared.sd_model.model.diffusion_model)
+    except (SettingsError, CheckpointMismatch) as e:
+        raise request_error(p, e) from None
+
+
+def _encoder_layers(sd_model):
+    root = getattr(sd_model, "conditioner", None) or getattr(sd_model, "cond_stage_model", None)
+    return list(root.modules()) if root is not None else []
+
+
+def _encode_weak(p, settings: Settings):
+    """The weak branch's conditioning: negative (or empty) prompts through the text encoder at θ_ω."""
+    hires = bool(getattr(p, "is_hr_pass", False))
+    prompts = list(p.hr_negative_prompts if hires else p.negative_prompts)
+    if settings.weak_prompt == "empty":
+        prompts = [""] * len(prompts)
+    width, height = (p.hr_upscale_to_x, p.hr_upscale_to_y) if hires else (p.width, p.height)
+    steps, hires_steps = getattr(p, "firstpass_steps", p.steps), None
+    if hires:
+        sampler = sd_samplers.find_sampler_config(p.hr_sampler_name or p.sampler_name)
+        second = p.hr_second_pass_steps or p.steps
+        hires_steps = sampler.total_steps(second) if sampler else second
+    conditioning = prompt_parser.SdConditioning(prompts, width=width, height=height, is_negative_prompt=True)
+    with devices.autocast():
+        return prompt_parser.get_learned_conditioning(shared.sd_model, conditioning, steps, hires_steps,
+                                                      shared.opts.use_old_scheduling)
+
+
+def _base_deltas(settings: Settings, sd_model, unet) -> dict:
+    """Differences of the loaded UNet from the base checkpoint (cached between jobs)."""
+    if not settings.base_checkpoint:
+        return {}
+    info = _base_info(settings.base_checkpoint)
+    loaded = getattr(sd_model, "sd_checkpoint_info", None)
+    if loaded is not None and os.path.abspath(loaded.filename) == os.path.abspath(info.filename):
+        raise SettingsError("base_checkpoint", settings.base_checkpoint, "must differ from the loaded checkpoint")
+    low = settings.base_mode == "low-memory"
+    key = (id(unet), getattr(loaded, "filename", None), info.filename, os.path.getmtime(info.filename), low)
+
+    def original(module, name):
+        weight, bias = original_weight(module)
+        return weight if name == "weight" else bias if name == "bias" else getattr(module, name)
+
+    def build():
+        log.info("PG: reading base checkpoint %s", info.title)
+        return checkpoint_deltas(unet, read_unet_tensors(info.filename), original=original, low_memory=low,
+                                 energy=float(_opt("pg_low_memory_energy", 0.9)))
+
+    BASE_CACHE.size = int(_opt("pg_base_cache_size", 1))
+    entry = BASE_CACHE.get(key, build)
+    if low:
+        log.info("PG: low-memory base differences: %.1f%% of the UNet, relative error %.3f",
+                 100 * entry.memory_fraction, entry.relative_error)
+    return entry.deltas
+
+
+def _note(p, text: str) -> None:
+    p.extra_generation_params[NOTE_KEY] = text
+    log.warning("Personalization Guidance: %s", text)
+
+
+def _crossattn(cond):
+    return cond.get("crossattn") if isinstance(cond, dict) else cond
+
+
+def _with_mark(weak, host):
+    """ControlNet prepends one marker token to the host's conds; give ours the same first token."""
+    weak_x, host_x = _crossattn(weak), _crossattn(host)
+    if host_x is None or weak_x is None or host_x.shape[1] != weak_x.shape[1] + 1:
+        return weak
+    import torch
+
+    marked = torch.cat([host_x[:, :1].to(weak_x), weak_x], dim=1)
+    if isinstance(weak, dict):
+        return type(weak)({**weak, "crossattn": marked})
+    return marked
+
+
+# -- the script -------------------------------------------------------------------------------------
+
+class PersonalizationGuidanceScript(scripts.Script):
+    sorting_priority = 15  # Forge-style ordering hint; ignored by A1111
+
+    def title(self):
+        return TITLE
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        defaults = _defaults()
+        f = FIELD_BY_NAME
+        with InputAccordion(False, label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
+            gr.HTML(f"<p class='pg-help'>{f['enabled'].help}</p>")
+            with gr.Row():
+                omega = gr.Slider(0.0, 1.0, value=defaults.omega, step=0.01, label=f["omega"].label,
+                                  elem_id=self.elem_id("omega"), tooltip=f["omega"].help)
+                weak_prompt = gr.Radio(list(config.WEAK_PROMPTS), value=defaults.weak_prompt,
+                                       label=f["weak_prompt"].label, elem_id=self.elem_id("weak_prompt"),
+                                       tooltip=f["weak_prompt"].help)
+            loras = gr.Textbox(value="", label=f["loras"].label, placeholder="empty = every LoRA in the prompt",
+                               elem_id=self.elem_id("loras"), tooltip=f["loras"].help)
+            with gr.Row():
+                start = gr.Slider(0.0, 1.0, value=defaults.start, step=0.01, label=f["start"].label,
+                                  elem_id=self.elem_id("start"), tooltip=f["start"].help)
+                end = gr.Slider(0.0, 1.0, value=defaults.end, step=0.01, label=f["end"].label,
+                                elem_id=self.elem_id("end"), tooltip=f["end"].help)
+                hires = gr.Checkbox(value=defaults.hires, label=f["hires"].label, elem_id=self.elem_id("hires"),
+                                    tooltip=f["hires"].help)
+            with gr.Row():
+                base = gr.Dropdown(["None"] + sd_models.checkpoint_tiles(), value="None",
+                                   label=f["base_checkpoint"].label, elem_id=self.elem_id("base_checkpoint"),
+                                   tooltip=f["base_checkpoint"].help)
+                _refresh_button(base, self.elem_id("base_refresh"))
+                base_mode = gr.Radio(list(config.BASE_MODES), value=defaults.base_mode,
+                                     label=f["base_mode"].label, elem_id=self.elem_id("base_mode"),
+                                     tooltip=f["base_mode"].help)
+        controls = {"enabled": enabled, "omega": omega, "loras": loras, "weak_prompt": weak_prompt, "start": start,
+                    "end": end, "hires": hires, "base_checkpoint": base, "base_mode": base_mode}
+        self.infotext_fields = _paste_fields(controls)
+        self.paste_field_names = [k for k in config.INFOTEXT_KEYS if k != NOTE_KEY]
+        return [controls[name] for name in config.FIELD_NAMES]
+
+    def process(self, p, *args):
+        _release(p)
+        for key in config.INFOTEXT_KEYS:  # X/Y/Z cells share this dict: never leave another cell's keys
+            p.extra_generation_params.pop(key, None)
+        try:
+            settings = resolve_settings(p, args)
+        except SettingsError as e:
+            log.error("%s", e)
+            _guard_sample(p, None, e)
+            return
+        if not settings.enabled:
+            return
+        p.extra_generation_params.update(settings.infotext())
+        if not settings.active():
+            return  # ω = 1: plain CFG exactly; the infotext still records that PG was on
+        session = GuidanceSession(settings)
+        setattr(p, SESSION_ATTR, session)
+        _guard_sample(p, session, None)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        session = getattr(p, SESSION_ATTR, None)
+        if session is None:
+            return
+        session.end_pass()
+        if getattr(p, "is_hr_pass", False) and not session.settings.hires:
+            return
+        if sd_unet.current_unet is not None:
+            _note(p, "off: a replacement UNet (e.g. TensorRT) is active, its layers cannot be hooked")
+            return
+        try:
+            plan = self._begin_pass(p, session)
+        except Exception as e:  # the runner would swallow it anyway: say so in the infotext
+            session.end_pass()
+            _note(p, f"off for this pass: {e}")
+            return
+        if plan is None:
+            _note(p, "no LoRA or base checkpoint to act on: ran as plain CFG")
+            return
+        session.model_id = id(shared.sd_model)
+        log.info("PG: ω=%.2f on %d UNet layers, %d text-encoder layers (%s)", session.settings.omega,
+                 plan.unet_layers, plan.text_layers, ", ".join(plan.networks) or "base checkpoint")
+
+    @staticmethod
+    def _begin_pass(p, session: GuidanceSession):
+        sd_model = shared.sd_model
+        unet = sd_model.model.diffusion_model
+        settings = session.settings
+        return session.begin_pass(
+            unet=unet, text_layers=_encoder_layers(sd_model), loaded_networks=_loaded_networks(),
+            encode_weak=lambda: _encode_weak(p, settings), extra_unet_deltas=_base_deltas(settings, sd_model, unet),
+            exact_weights=not _opt("lora_functional", False), empty_prompt=settings.weak_prompt == "empty")
+
+    def postprocess(self, p, processed, *args):
+        _release(p)
+
+
+def _release(p) -> None:
+    session = getattr(p, SESSION_ATTR, None)
+    if session is not None:
+        session.close()
+        delattr(p, SESSION_ATTR)
+
+
+def _refresh_button(dropdown, elem_id):
+    from modules import ui_common
+
+    return ui_common.create_refresh_button(dropdown, sd_models.list_models,
+                                           lambda: {"choices": ["None"] + sd_models.checkpoint_tiles()}, elem_id)
+
+
+def _paste_fields(controls: dict) -> list:
+    """Infotext paste: every control from its key; without 'PG omega' PG turns off, others to defaults."""
+    d = Settings()
+
+    def read(name, key, default):
+        def value(params):
+            if "PG omega" not in params:
+                return gr.update()
+            if name == "base_checkpoint" and key in params:
+                info = sd_models.get_closet_checkpoint_match(params[key])
+                return info.title if info else gr.update()
+            return params.get(key, default)
+        return value
+
+    fields = [PasteField(controls["enabled"], lambda params: "PG omega" in params)]
+    for field in config.FIELDS:
+        if field.infotext:
+            default = getattr(d, field.name)
+            default = ", ".join(default) if isinstance(default, tuple) else ("None" if default == "" else default)
+            fields.append(PasteField(controls[field.name], read(field.name, field.infotext, default)))
+    return fields
+
+
+# -- CFG step ---------------------------------------------------------------------------------------
+
+def on_cfg_denoiser(params) -> None:
+    """Route this step's rows; swap in the weak conditioning when the text side is weakened too."""
+    p = getattr(params.denoiser, "p", None)
+    session = getattr(p, SESSION_ATTR, None)
+    if session is None or session.router is None:
+        return
+    if getattr(session, "model_id", None) != id(shared.sd_model):
+        _note(p, "off after a model switch (refiner) during sampling")
+        session.end_pass()
+        return
+    fraction = params.sampling_step / max(params.total_sampling_steps, 1)
+    uncond = params.text_uncond
+    weak = session.plan.weak_conditioning if session.plan else None
+    if weak is not None and session.settings.in_range(fraction):
+        uncond = _with_mark(prompt_parser.reconstruct_cond_batch(weak, params.denoiser.step), params.text_uncond)
+        params.text_uncond = uncond
+    session.step(fraction, _crossattn(params.text_cond), _crossattn(uncond))
+
+
+def on_model_loaded(sd_model) -> None:
+    BASE_CACHE.clear()
+
+
+# -- X/Y/Z plot -------------------------------------------------------------------------------------
+
+def _xyz_module():
+    for data in scripts.scripts_data:
+        if data.script_class.__module__ in ("xyz_grid.py", "scripts.xyz_grid") or \
+                os.path.basename(getattr(data, "path", "")) == "xyz_grid.py":
+            return data.module
+    return None
+
+
+def _axis_setter(name: str):
+    def apply(p, value, values):
+        overrides = dict(getattr(p, OVERRIDES_ATTR, None) or {})  # copy: cells are shallow copies of one p
+        overrides[name] = value
+        if name != "enabled":
+            overrides.setdefault("enabled", True)
+        setattr(p, OVERRIDES_ATTR, overrides)
+    return apply
+
+
+def _axis_confirm(name: str):
+    def confirm(p, values):
+        for value in values:
+            Settings.from_values({name: value})
+            if name == "base_checkpoint" and str(value).strip().lower() not in ("", "none"):
+                _base_info(value)
+    return confirm
+
+
+AXES = (  # (label, API name, value type)
+    ("[PG] ω", "omega", float),
+    ("[PG] Enabled", "enabled", str),
+    ("[PG] Start at", "start", float),
+    ("[PG] End at", "end", float),
+    ("[PG] Weak prompt", "weak_prompt", str),
+    ("[PG] LoRAs", "loras", str),
+    ("[PG] Base checkpoint", "base_checkpoint", str),
+)
+
+
+def add_xyz_axes() -> None:
+    """Register the [PG] axes once per X/Y/Z module (again after "Reload UI": a new module object)."""
+    xyz = _xyz_module()
+    if xyz is None or any(getattr(o, "label", "").startswith("[PG]") for o in xyz.axis_options):
+        return
+    choices = {"enabled": lambda: ["True", "False"], "weak_prompt": lambda: list(config.WEAK_PROMPTS),
+               "base_checkpoint": lambda: ["None"] + sd_models.checkpoint_tiles()}
+    for label, name, kind in AXES:
+        xyz.axis_options.append(xyz.AxisOption(
+            label, kind, _axis_setter(name), format_value=_axis_label(label), confirm=_axis_confirm(name),
+            cost=0.8 if name == "base_checkpoint" else 0.0, choices=choices.get(name)))
+
+
+def _axis_label(label: str):
+    short = label.replace("[PG] ", "PG ")
+
+    def fmt(p, opt, value):
+        if isinstance(value, float):
+            value = f"{value:g}"
+        return f"{short}: {value}"
+    return fmt
+
+
+# -- Settings page ----------------------------------------------------------------------------------
+
+def on_ui_settings() -> None:
+    section = ("personalization_guidance", TITLE)
+    options = {
+        "pg_default_omega": shared.OptionInfo(0.5, "Default ω (weak model strength) for new sessions", gr.Slider,
+                                              {"minimum": 0.0, "maximum": 1.0, "step": 0.01}).info(
+            "1 = plain CFG; the paper suggests 0.4-0.6 to balance, 0-0.3 for most subject fidelity; reload UI"),
+        "pg_hires_default": shared.OptionInfo(True, "Run PG in the hires. fix pass by default").needs_reload_ui(),
+        "pg_base_cache_size": shared.OptionInfo(1, "Base checkpoints kept in memory between jobs", gr.Slider,
+                                                {"minimum": 0, "maximum": 4, "step": 1}).info(
+            "0 = read the base again for every job; each kept base costs about one UNet of RAM (exact mode)"),
+        "pg_low_memory_energy": shared.OptionInfo(0.9, "Low-memory mode: share of the difference's energy kept",
+                                                  gr.Slider, {"minimum": 0.5, "maximum": 0.999, "step": 0.001}),
+    }
+    for key, info in options.items():
+        info.section = section
+        shared.opts.add_option(key, info)
+
+
+def on_script_unloaded() -> None:
+    BASE_CACHE.clear()
+
+
+script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
+script_callbacks.on_model_loaded(on_model_loaded)
+script_callbacks.on_before_ui(add_xyz_axes)
+script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_script_unloaded(on_script_unloaded)
