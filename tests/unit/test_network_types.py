@@ -1,0 +1,110 @@
+"""Every network type: PG's weak rows equal the layer merged with the selected networks at ω × strength."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from pg_ext.branch import WeakBranch
+from pg_ext.deltas import DenseDelta, LowRankDelta
+from pg_ext.lora_networks import layer_deltas_for, select_networks
+
+import network_types as nt
+
+LINEAR = lambda: nn.Linear(8, 6)
+CONV = lambda: nn.Conv2d(8, 6, 3, padding=1)
+CASES = {
+    "lora_linear": (LINEAR, lambda n, l: nt.Lora(n, l), LowRankDelta),
+    "locon_conv": (CONV, lambda n, l: nt.Lora(n, l), LowRankDelta),
+    "lora_cp_mid": (CONV, lambda n, l: nt.Lora(n, l, mid=True), DenseDelta),
+    "dora": (LINEAR, lambda n, l: nt.Lora(n, l, dora=True), DenseDelta),
+    "loha": (LINEAR, lambda n, l: nt.Hada(n, l), DenseDelta),
+    "loha_conv": (CONV, lambda n, l: nt.Hada(n, l), DenseDelta),
+    "lokr": (LINEAR, lambda n, l: nt.Lokr(n, l), DenseDelta),
+    "ia3": (LINEAR, lambda n, l: nt.Ia3(n, l), DenseDelta),
+    "oft": (LINEAR, lambda n, l: nt.Oft(n, l), DenseDelta),
+    "glora": (LINEAR, lambda n, l: nt.Glora(n, l), DenseDelta),
+    "full_diff": (CONV, lambda n, l: nt.Full(n, l), DenseDelta),
+    "norm_group": (lambda: nn.GroupNorm(2, 8), lambda n, l: nt.Norm(n, l), DenseDelta),
+    "norm_layer": (lambda: nn.LayerNorm(8), lambda n, l: nt.Norm(n, l), DenseDelta),
+}
+
+
+def _x(layer):
+    return torch.randn(4, 8, 6, 6) if isinstance(layer, (nn.Conv2d, nn.GroupNorm)) else torch.randn(4, 5, 8)
+
+
+def _setup(make_layer, modules, strengths):
+    layer = make_layer()
+    layer.network_layer_name = "diffusion_model_layer"
+    nets = []
+    for i, (make_module, strength) in enumerate(zip(modules, strengths)):
+        net = nt.Net(f"net{i}", strength)
+        net.modules[layer.network_layer_name] = make_module(net, layer)
+        nets.append(net)
+    return layer, nets
+
+
+def _reference(layer, nets, selected, omega, x, mask):
+    """Slow reference: one copy merged at full strength (cond rows), one at ω × strength (weak rows)."""
+    full, weak = copy.deepcopy(layer), copy.deepcopy(layer)
+    for copy_ in (full, weak):
+        copy_.network_weights_backup = None
+    nt.merge(full, nets, {})
+    nt.merge(weak, nets, {n.name: n.unet_multiplier * omega for n in selected})
+    out = full(x).detach().clone()
+    out[mask] = weak(x[mask]).detach()
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("exact", [False, True])
+def test_each_network_type_matches_the_merged_reference(case, exact):
+    torch.manual_seed(0)
+    make_layer, make_module, kind = CASES[case]
+    layer, nets = _setup(make_layer, [make_module], [0.8])
+    x, mask, omega = _x(layer), torch.tensor([True, False, False, True]), 0.3
+    expected = _reference(layer, nets, nets, omega, x, mask)
+    nt.merge(layer, nets, {})  # what the host holds during sampling
+    deltas = layer_deltas_for(layer, nets, nets)
+    assert len(deltas) == 1 and isinstance(deltas[0], kind)
+    with torch.no_grad(), WeakBranch(omega, {layer: deltas}, exact_weights=exact) as branch:
+        branch.mask = mask
+        got = layer(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_unselected_network_keeps_full_strength_in_both_branches(exact):
+    torch.manual_seed(1)
+    layer, nets = _setup(CONV, [lambda n, l: nt.Lora(n, l, seed=1), lambda n, l: nt.Hada(n, l, seed=2)], [1.0, 0.7])
+    subject, style = nets
+    x, mask = _x(layer), torch.tensor([False, False, True, True])
+    selected, unknown = select_networks(nets, ["NET0"])
+    assert selected == [subject] and unknown == []
+    expected = _reference(layer, nets, selected, 0.2, x, mask)
+    nt.merge(layer, nets, {})
+    with torch.no_grad(), WeakBranch(0.2, {layer: layer_deltas_for(layer, nets, selected)}, exact_weights=exact) as b:
+        b.mask = mask
+        got = layer(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_two_selected_networks_on_one_layer_scale_together():
+    torch.manual_seed(2)
+    layer, nets = _setup(LINEAR, [lambda n, l: nt.Lora(n, l, seed=3), lambda n, l: nt.Full(n, l, seed=4)], [1.0, 0.5])
+    x, mask = _x(layer), torch.tensor([True, True, False, False])
+    expected = _reference(layer, nets, nets, 0.6, x, mask)
+    nt.merge(layer, nets, {})
+    with torch.no_grad(), WeakBranch(0.6, {layer: layer_deltas_for(layer, nets, nets)}, exact_weights=True) as b:
+        b.mask = mask
+        got = layer(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_names_are_reported_and_file_names_match():
+    nets = [nt.Net("subject"), nt.Net("style")]
+    selected, unknown = select_networks(nets, ["subject", "missing"])
+    assert selected == [nets[0]] and unknown == ["missing"]
+    assert select_networks(nets, [])[0] == nets
+    assert select_networks(nets, ["STYLE"])[0] == [nets[1]]
