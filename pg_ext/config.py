@@ -206,3 +206,18 @@ class Settings:
 def settings_names(fields: Iterable[Field] = FIELDS) -> list[str]:
     """API names in positional order (documented in the README)."""
     return [f.name for f in fields]
+
+
+OVERRIDES_ATTR = "personalization_guidance"  # on a processing object: name -> value, read by the script
+
+
+def request_pg(p: Any, **values: Any) -> Settings:
+    """Ask for PG on a WebUI processing object from another extension or script.
+
+    Validates now (raises SettingsError), stores the values on `p`; the script applies them in its
+    `process` over the UI/API arguments. `request_pg(p, omega=0.4, loras="my_subject")` turns PG on.
+    """
+    merged = {**dict(getattr(p, OVERRIDES_ATTR, None) or {}), "enabled": True, **values}
+    settings = Settings.from_values(merged)
+    setattr(p, OVERRIDES_ATTR, merged)
+    return settings

@@ -18,14 +18,13 @@ from modules.ui_components import InputAccordion
 
 from pg_ext import config
 from pg_ext.checkpoint import CheckpointMismatch, DeltaCache, checkpoint_deltas, read_unet_tensors
-from pg_ext.config import FIELD_BY_NAME, NOTE_KEY, Settings, SettingsError
+from pg_ext.config import FIELD_BY_NAME, NOTE_KEY, OVERRIDES_ATTR, Settings, SettingsError
 from pg_ext.lora_networks import original_weight
 from pg_ext.session import GuidanceSession
 
 log = logging.getLogger("personalization_guidance")
 TITLE = "Personalization Guidance"
 SESSION_ATTR = "pg_session"
-OVERRIDES_ATTR = "personalization_guidance"  # dict of settings set by X/Y/Z or other extensions
 BASE_CACHE = DeltaCache(size=1)
 
 
