@@ -258,3 +258,17 @@ def test_options_behave_like_host(standin_host):
     called = []
     shared.opts.onchange("pg_key", lambda: called.append(1))
     assert called == [1] and shared.opts.set("pg_key", 0.7) and called == [1, 1]
+
+
+def test_xyz_run_grid_confirms_first_and_shares_extra_params(standin_host):
+    import pytest
+    import xyz_grid
+    p = standin_host.make_txt2img()
+    opt = xyz_grid.AxisOption("[T] cfg", float, xyz_grid.apply_field("cfg_scale"), confirm=xyz_grid.confirm_range(1.0, 9.0, "[T] cfg"))
+    with pytest.raises(ValueError):
+        xyz_grid.run_grid(p, opt, ["2", "20"])  # confirm runs before any cell
+    results = xyz_grid.run_grid(p, opt, ["2", "4"])
+    assert [r.cfg_scale for r in results] == [2.0, 4.0] and p.cfg_scale == 5.0  # cells are shallow copies
+    p.extra_generation_params["X"] = 1
+    cell = xyz_grid.run_grid(p, opt, ["3"])[0]
+    assert cell.extra_generation_params is p.extra_generation_params  # the dict is shared by all cells
