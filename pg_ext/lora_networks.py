@@ -52,7 +52,8 @@ def _is_plain_lora(module: Any, layer: nn.Module) -> bool:
         return down.dim() == 2
     if isinstance(layer, nn.Conv2d):
         same_kernel = tuple(down.shape[2:]) == tuple(layer.kernel_size)
-        return layer.groups == 1 and down.dim() == 4 and (same_kernel or tuple(layer.kernel_size) == (1, 1))
+        return (layer.groups == 1 and down.dim() == 4 and down.shape[1] == layer.in_channels
+                and (same_kernel or tuple(layer.kernel_size) == (1, 1)))
     return False
 
 
@@ -69,6 +70,9 @@ def _dense(module: Any, layer: nn.Module, weight: torch.Tensor) -> DenseDelta:
     updown, ex_bias = module.calc_updown(weight)
     if updown.shape != layer.weight.shape and updown.numel() == layer.weight.numel():
         updown = updown.reshape(layer.weight.shape)
+    if updown.dim() == 4 and layer.weight.dim() == 4 and updown.shape[1] < layer.weight.shape[1]:
+        # an SD LoRA on an inpainting model's 9-channel input conv: the host zero-pads the extra channels
+        updown = torch.nn.functional.pad(updown, (0, 0, 0, 0, 0, layer.weight.shape[1] - updown.shape[1]))
     return DenseDelta(updown.detach(), None if ex_bias is None else ex_bias.detach())
 
 

@@ -47,7 +47,9 @@ class Module:
 
     def calc_updown(self, orig_weight: torch.Tensor):
         updown, ex_bias = self.raw(orig_weight)
-        updown = updown.reshape(orig_weight.shape) * self.calc_scale()
+        if updown.numel() == orig_weight.numel():  # like the host: only a same-size updown takes the weight's shape
+            updown = updown.reshape(orig_weight.shape)
+        updown = updown * self.calc_scale()
         if self.dora_scale is not None:
             merged = orig_weight + updown
             norm = merged.flatten(1).norm(dim=1).reshape(-1, *([1] * (merged.dim() - 1)))
@@ -88,7 +90,7 @@ class Lora(Module):
         up, down = self.up_model.weight.flatten(1), self.down_model.weight.flatten(1)
         if self.mid_model is not None:
             up = up @ self.mid_model
-        return (up @ down).reshape(w.shape), None
+        return (up @ down).reshape(up.shape[0], *self.down_model.weight.shape[1:]), None
 
 
 class Hada(Module):

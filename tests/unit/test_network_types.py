@@ -108,3 +108,17 @@ def test_unknown_names_are_reported_and_file_names_match():
     assert selected == [nets[0]] and unknown == ["missing"]
     assert select_networks(nets, [])[0] == nets
     assert select_networks(nets, ["STYLE"])[0] == [nets[1]]
+
+
+def test_sd_lora_on_an_inpainting_input_conv_is_zero_padded_like_the_host():
+    """A LoRA trained on 4-channel SD on a 9-channel inpainting conv_in: the extra channels get no delta."""
+    torch.manual_seed(4)
+    four = nn.Conv2d(4, 6, 3, padding=1)
+    layer = nn.Conv2d(9, 6, 3, padding=1)
+    layer.network_layer_name = "diffusion_model_input_blocks_0_0"
+    net = nt.Net("subject", 1.0)
+    module = nt.Lora(net, four)
+    net.modules[layer.network_layer_name] = module
+    deltas = layer_deltas_for(layer, [net], [net])
+    assert len(deltas) == 1 and isinstance(deltas[0], DenseDelta) and deltas[0].weight.shape == layer.weight.shape
+    assert torch.count_nonzero(deltas[0].weight[:, 4:]) == 0
