@@ -1,6 +1,5 @@
 """Settings: one validated object; every bad value is refused with the setting's name and the value."""
 import pytest
-from hypothesis import given, strategies as st
 
 from pg_ext.config import FIELD_NAMES, FIELDS, INFOTEXT_KEYS, Settings, SettingsError
 
@@ -49,24 +48,6 @@ def test_active_and_range():
     s = Settings(start=0.25, end=0.5)
     assert [s.in_range(f) for f in (0.0, 0.25, 0.49, 0.5)] == [False, True, True, False]
     assert Settings().in_range(1.0)
-
-
-names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789-", min_size=1, max_size=12)
-settings_strategy = st.builds(
-    lambda omega, loras, weak, bounds, hires, base, mode: Settings(
-        enabled=True, omega=omega, loras=tuple(dict.fromkeys(loras)), weak_prompt=weak, start=bounds[0],
-        end=bounds[1], hires=hires, base_checkpoint=base, base_mode=mode if base else "exact"),  # mode only matters with a base
-    st.floats(0, 1).map(lambda x: round(x, 4)), st.lists(names, max_size=3), st.sampled_from(["negative", "empty"]),
-    st.tuples(st.floats(0, 0.5), st.floats(0.51, 1)).map(lambda t: (round(t[0], 4), round(t[1], 4))),
-    st.booleans(), st.one_of(st.just(""), names.map(lambda n: n + ".safetensors [0123456789]")),
-    st.sampled_from(["exact", "low-memory"]))
-
-
-@given(settings_strategy)
-def test_every_setting_round_trips_through_infotext(settings):
-    from infotext_roundtrip import through_infotext
-
-    assert Settings.from_infotext(through_infotext(settings.infotext())) == settings
 
 
 def test_infotext_without_pg_turns_it_off_and_keys_are_valid():
