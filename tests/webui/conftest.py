@@ -1,0 +1,75 @@
+"""Opt-in real-WebUI suite: skipped unless PG_WEBUI_URL points at a running A1111 v1.10.1 with this
+extension AND tests/webui/reference_ext linked (see tests/webui/README.md)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import webui_client as wc  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def webui_url():
+    url = os.environ.get("PG_WEBUI_URL")
+    if not url:
+        pytest.skip("PG_WEBUI_URL not set: start ../shared/webui-harness/start.sh with this extension and tests/webui/reference_ext")
+    return url.rstrip("/")
+
+
+@pytest.fixture(scope="session")
+def api(webui_url):
+    client = wc.Client(webui_url)
+    scripts = client.get("/sdapi/v1/scripts")
+    if "pg reference" not in [s.lower() for s in scripts["txt2img"]]:
+        pytest.skip("the reference extension tests/webui/reference_ext is not linked into the WebUI")
+    _ensure_extra_loras(client)
+    return client
+
+
+def _ensure_extra_loras(client) -> None:
+    names = {l["name"] for l in client.get("/sdapi/v1/loras")}
+    if "pg_other_lora" in names:
+        return
+    harness = os.environ.get("HARNESS") or os.path.expanduser("~/.cache/pg-webui-harness")
+    python = os.path.join(harness, "venv", "bin", "python")
+    subprocess.run([python, os.path.join(HERE, "harness_models.py")], check=True)
+    client.post("/sdapi/v1/refresh-loras", {})
+    names = {l["name"] for l in client.get("/sdapi/v1/loras")}
+    assert "pg_other_lora" in names, names
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_untouched(request):
+    """PG-off image (with a LoRA: its weight backups are where leftovers hide) before and after the suite.
+
+    The value is the "before" image (3 steps, wc.base_request()); tests reuse it as their PG-off image.
+    """
+    if not os.environ.get("PG_WEBUI_URL"):
+        yield None
+        return
+    client = request.getfixturevalue("api")
+    before = client.txt2img(wc.base_request())["pixels"]
+    yield before
+    after = client.txt2img(wc.base_request())["pixels"]
+    assert (before == after).all(), "the model's PG-off output changed over the suite: weights left altered"
+
+
+@pytest.fixture(scope="session")
+def off_image(model_untouched):
+    return model_untouched
+
+
+class _Cache(dict):
+    pass
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Images shared between tests (e.g. the PG ω=0.5 image for the dict-args and paste tests)."""
+    return _Cache()

@@ -1,0 +1,177 @@
+"""PG reference (tests only): the weak branch of Personalization Guidance computed the slow, obvious way.
+
+Each step, after the host's batched UNet call, the uncond rows (the last B rows of the call, B = the
+batch size) are run AGAIN through the k-diffusion wrapper with the weak model θ_ω materialized:
+
+* LoRA: every selected loaded network's `unet_multiplier` is set to ω × its value; the Lora extension
+  re-merges the weights on the next forward; the multipliers are restored in `finally` (the next
+  forward re-merges the original weights).
+* Base checkpoint: every UNet parameter is replaced by torch.lerp(base, current, ω) for the call and
+  put back in `finally`.
+
+The weak conditioning (negative or empty prompt) is encoded once per pass with the selected networks'
+`te_multiplier` scaled by ω, and substituted for the host's uncond in on_cfg_denoiser.
+
+API args: [enabled, omega, weak_prompt ("negative"|"empty"), base_checkpoint ("None" or a checkpoint
+name), loras (comma-separated names to weaken; empty = every loaded network)].
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from modules import devices, prompt_parser, script_callbacks, scripts, sd_models, shared
+
+STATE_ATTR = "pg_reference_state"
+_active = {"state": None}  # the running job's state; jobs run one at a time in the WebUI
+
+
+class _State:
+    def __init__(self, omega: float, weak_prompt: str, base_file: str | None, loras: set[str]):
+        self.omega, self.weak_prompt, self.base_file, self.loras = omega, weak_prompt, base_file, loras
+        self.weak_uc = None      # prompt schedules of the weak conditioning
+        self.saved = None        # (x, sigma, image_cond, uncond) of the uncond rows of this step
+        self.calls = 0           # how many weak re-runs happened (sanity check in the infotext)
+
+
+def _networks(loras: set[str]) -> list:
+    module = sys.modules.get("networks")
+    nets = list(getattr(module, "loaded_networks", []) or [])
+    return [n for n in nets if not loras or n.name in loras]
+
+
+class _Scaled:
+    """Context: multiply an attribute of some networks by ω, restore the exact old values on exit."""
+
+    def __init__(self, nets: list, attr: str, omega: float):
+        self.nets, self.attr, self.omega, self.old = nets, attr, omega, []
+
+    def __enter__(self):
+        self.old = [getattr(n, self.attr) for n in self.nets]
+        for n, v in zip(self.nets, self.old):
+            setattr(n, self.attr, v * self.omega)
+
+    def __exit__(self, *exc):
+        for n, v in zip(self.nets, self.old):
+            setattr(n, self.attr, v)
+        return False
+
+
+class _Interpolated:
+    """Context: each UNet parameter becomes lerp(base, current, ω); the original tensors come back on exit."""
+
+    def __init__(self, unet: torch.nn.Module, base_file: str | None, omega: float):
+        self.unet, self.base_file, self.omega, self.saved = unet, base_file, omega, []
+
+    def __enter__(self):
+        if not self.base_file:
+            return
+        from safetensors import safe_open
+
+        prefix = "model.diffusion_model."
+        with safe_open(self.base_file, framework="pt", device="cpu") as f:
+            keys = set(f.keys())
+            try:
+                for name, param in self.unet.named_parameters():
+                    key = prefix + name
+                    if key not in keys:
+                        raise RuntimeError(f"PG reference: base lacks {key}")
+                    base = f.get_tensor(key).to(device=param.device, dtype=param.dtype)
+                    self.saved.append((param, param.data))
+                    param.data = torch.lerp(base, param.data, self.omega)
+            except BaseException:
+                self.__exit__()
+                raise
+
+    def __exit__(self, *exc):
+        for param, data in self.saved:
+            param.data = data
+        self.saved = []
+        return False
+
+
+def _condition(uncond, image_cond):
+    if isinstance(uncond, dict):
+        return {**uncond, "c_concat": [image_cond]}
+    return {"c_crossattn": [uncond], "c_concat": [image_cond]}
+
+
+class PGReferenceScript(scripts.Script):
+    def title(self):
+        return "PG reference"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        import gradio as gr  # hidden inputs: the API slices args by the number of components
+
+        return [gr.Checkbox(False, visible=False), gr.Number(1.0, visible=False), gr.Textbox("negative", visible=False),
+                gr.Textbox("None", visible=False), gr.Textbox("", visible=False)]
+
+    def process(self, p, enabled=False, omega=1.0, weak_prompt="negative", base_checkpoint="None", loras="", *rest):
+        _active["state"] = None
+        if not enabled:
+            return
+        base_file = None
+        if base_checkpoint and str(base_checkpoint) != "None":
+            info = sd_models.get_closet_checkpoint_match(str(base_checkpoint))
+            if info is None:
+                raise RuntimeError(f"PG reference: unknown base {base_checkpoint!r}")
+            base_file = info.filename
+        names = {n.strip() for n in str(loras or "").split(",") if n.strip()}
+        state = _State(float(omega), str(weak_prompt), base_file, names)
+        setattr(p, STATE_ATTR, state)
+        _active["state"] = state
+        p.extra_generation_params["PG reference"] = f"omega {float(omega):g}, {weak_prompt}, base {base_checkpoint}"
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        state = getattr(p, STATE_ATTR, None)
+        if state is None:
+            return
+        if getattr(p, "is_hr_pass", False):
+            _active["state"] = None  # first pass only
+            return
+        prompts = list(p.negative_prompts)
+        if state.weak_prompt == "empty":
+            prompts = [""] * len(prompts)
+        cond = prompt_parser.SdConditioning(prompts, width=p.width, height=p.height, is_negative_prompt=True)
+        with _Scaled(_networks(state.loras), "te_multiplier", state.omega), devices.autocast():
+            state.weak_uc = prompt_parser.get_learned_conditioning(
+                shared.sd_model, cond, p.firstpass_steps, None, shared.opts.use_old_scheduling)
+
+    def postprocess(self, p, processed, *args):
+        state = getattr(p, STATE_ATTR, None)
+        if state is not None:
+            print(f"PG reference: {state.calls} weak re-runs")
+        _active["state"] = None
+
+
+def on_cfg_denoiser(params):
+    state = _active["state"]
+    if state is None or state.weak_uc is None:
+        return
+    uncond = prompt_parser.reconstruct_cond_batch(state.weak_uc, params.denoiser.step)
+    params.text_uncond = uncond
+    b = len(uncond["crossattn"]) if isinstance(uncond, dict) else len(uncond)
+    state.saved = (params.x[-b:].clone(), params.sigma[-b:].clone(), params.image_cond[-b:].clone(), uncond)
+
+
+def on_cfg_denoised(params):
+    state = _active["state"]
+    if state is None or state.saved is None:
+        return
+    x, sigma, image_cond, uncond = state.saved
+    state.saved = None
+    b = len(x)
+    unet = shared.sd_model.model.diffusion_model
+    with torch.no_grad(), _Scaled(_networks(state.loras), "unet_multiplier", state.omega), \
+            _Interpolated(unet, state.base_file, state.omega):
+        weak = params.inner_model(x, sigma, cond=_condition(uncond, image_cond))
+    params.x[-b:] = weak
+    state.calls += 1
+
+
+script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
+script_callbacks.on_cfg_denoised(on_cfg_denoised)
