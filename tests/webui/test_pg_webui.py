@@ -176,7 +176,7 @@ def test_xyz_over_omega(api, images, off_image):
     r = api.txt2img(_xyz_payload(api, "1, 0.5"))
     grid, cells = r["images"][0], r["images"][1:]
     assert len(cells) == 2, f"expected the grid and 2 cells, got {len(r['images'])} images"
-    assert grid.shape[1] > 2 * 64
+    assert grid.shape[1] >= 2 * 64 and grid.shape[0] > 64  # two cells side by side under a legend
     assert_equal(cells[0], off_image, "X/Y/Z cell ω=1 vs off")
     assert_equal(cells[1], _pg_05(api, images)["pixels"], "X/Y/Z cell ω=0.5 vs PG ω=0.5")
     text = json.dumps(r["info"])

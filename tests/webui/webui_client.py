@@ -50,7 +50,8 @@ class Client:
         data = self.post(f"/sdapi/v1/{mode}", payload)
         info = json.loads(data["info"])
         images = [decode(b) for b in data["images"]]
-        return {"pixels": images[0] if len(images) == 1 else np.stack(images), "images": images, "info": info,
+        same = len({im.shape for im in images}) == 1
+        return {"pixels": images[0] if len(images) == 1 or not same else np.stack(images), "images": images, "info": info,
                 "infotexts": info.get("infotexts", []), "raw_images": data["images"]}
 
     def txt2img(self, payload: dict) -> dict:
