@@ -41,13 +41,15 @@ class WeakBranch:
     """Per-layer hooks that make the weak rows of each call see θ_ω; set `mask` per call."""
 
     def __init__(self, omega: float, deltas: Mapping[nn.Module, Sequence[LayerDelta] | ParamDeltas],
-                 exact_weights: bool = False):
+                 exact_weights: bool = False, keep_on_device: bool = True):
         if not 0.0 <= omega <= 1.0:
             raise ValueError(f"omega must be in [0, 1], got {omega!r}")
         self.omega = float(omega)
         self.keep = 1.0 - self.omega  # share of D removed from the weak rows
         self.deltas = dict(deltas)
         self.exact_weights = exact_weights
+        # lowvram: the host moves each block to the GPU only while it runs; so do we (no device caches)
+        self.keep_on_device = keep_on_device
         self.mask: Optional[torch.Tensor] | str = None  # [n] bool for the current call, ALL_ROWS, or None
         self._handles: list = []
         self._stash: dict[int, tuple] = {}
@@ -110,7 +112,7 @@ class WeakBranch:
             return None
         index = index.to(output.device)
         x = args[0].index_select(0, index)
-        correction = sum(d.contribution(layer, x) for d in self.deltas[layer])
+        correction = sum(d.contribution(layer, x, self.keep_on_device) for d in self.deltas[layer])
         correction = correction.to(output.dtype)
         if output.requires_grad and torch.is_grad_enabled():
             return output.index_add(0, index, correction, alpha=-self.keep)
@@ -160,7 +162,8 @@ class WeakBranch:
         if isinstance(layer, nn.GroupNorm):
             dtype = torch.float32  # computed in float32, like GroupNorm32
         cached = (weight.to(dtype), None if bias is None else bias.to(dtype))
-        self._weak_params[id(layer)] = cached
+        if self.keep_on_device:
+            self._weak_params[id(layer)] = cached
         return cached
 
     # -- non-affine modules (text encoder attention) ----------------------------------------------

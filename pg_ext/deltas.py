@@ -51,9 +51,9 @@ class DenseDelta:
     bias: Optional[torch.Tensor] = None
     _placed: _Placed = dataclasses.field(default_factory=lambda: _Placed(), repr=False, compare=False)
 
-    def contribution(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def contribution(self, layer: nn.Module, x: torch.Tensor, keep: bool = True) -> torch.Tensor:
         """Output change of `layer` on `x` when this difference is added to its parameters."""
-        weight, bias = self._placed.get((self.weight, self.bias), x)
+        weight, bias = self._placed.get((self.weight, self.bias), x, keep)
         if isinstance(layer, (nn.GroupNorm, nn.LayerNorm)) and weight is None:
             # Only the bias moved: normalised(x)·0 + Δb; group_norm without a weight would mean 1, not 0.
             weight = torch.zeros_like(bias)
@@ -84,9 +84,9 @@ class LowRankDelta:
     bias: Optional[torch.Tensor] = None
     _placed: _Placed = dataclasses.field(default_factory=lambda: _Placed(), repr=False, compare=False)
 
-    def contribution(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def contribution(self, layer: nn.Module, x: torch.Tensor, keep: bool = True) -> torch.Tensor:
         """scale · up(down(x)) (+ bias): the cheap form, r channels in the middle instead of a full matmul."""
-        down, up, bias = self._placed.get((self.down, self.up, self.bias), x)
+        down, up, bias = self._placed.get((self.down, self.up, self.bias), x, keep)
         if isinstance(layer, nn.Linear):
             out = F.linear(F.linear(x, down), up)
         elif isinstance(layer, nn.Conv2d):
@@ -129,8 +129,11 @@ class _Placed:
         self.key: tuple = ()
         self.tensors: tuple = ()
 
-    def get(self, tensors: tuple, x: torch.Tensor) -> tuple:
+    def get(self, tensors: tuple, x: torch.Tensor, keep: bool = True) -> tuple:
+        """`tensors` on x's device and dtype; `keep=False` (lowvram) makes a transient copy per call."""
         key = (x.device, x.dtype)
+        if not keep:
+            return tuple(_like(t, x) for t in tensors)
         if key != self.key:
             self.key, self.tensors = key, tuple(_like(t, x) for t in tensors)
         return self.tensors

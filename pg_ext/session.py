@@ -64,7 +64,8 @@ class GuidanceSession:
 
     def begin_pass(self, unet: nn.Module, text_layers: Iterable[nn.Module], loaded_networks: Sequence[Any],
                    encode_weak: Optional[Callable[[], Any]], extra_unet_deltas: Deltas = {},
-                   exact_weights: bool = True, empty_prompt: bool = False) -> Optional[PassPlan]:
+                   exact_weights: bool = True, empty_prompt: bool = False, keep_on_device: bool = True
+                   ) -> Optional[PassPlan]:
         """Prepare a sampling pass; None means this pass runs as plain CFG (nothing to act on).
 
         `encode_weak()` encodes the weak branch's prompts with the host's text encoder; it is called with
@@ -81,7 +82,8 @@ class GuidanceSession:
         weak_conditioning = None
         if encode_weak is not None and (text_deltas or empty_prompt):
             weak_conditioning = self._encode(encode_weak, text_deltas)
-        self.router = UNetRowRouter(unet, WeakBranch(self.settings.omega, unet_deltas, exact_weights)).attach()
+        branch = WeakBranch(self.settings.omega, unet_deltas, exact_weights, keep_on_device)
+        self.router = UNetRowRouter(unet, branch).attach()
         self.plan = PassPlan([getattr(n, "name", "?") for n in selected], len(unet_deltas), len(text_deltas),
                              weak_conditioning)
         return self.plan

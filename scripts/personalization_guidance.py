@@ -273,7 +273,8 @@ class PersonalizationGuidanceScript(scripts.Script):
         return session.begin_pass(
             unet=unet, text_layers=_encoder_layers(sd_model), loaded_networks=_loaded_networks(),
             encode_weak=lambda: _encode_weak(p, settings), extra_unet_deltas=_base_deltas(settings, sd_model, unet),
-            exact_weights=not _opt("lora_functional", False), empty_prompt=settings.weak_prompt == "empty")
+            exact_weights=not _opt("lora_functional", False), empty_prompt=settings.weak_prompt == "empty",
+            keep_on_device=not getattr(sd_model, "lowvram", False))
 
     def postprocess(self, p, processed, *args):
         _release(p)

@@ -136,3 +136,21 @@ def test_low_rank_approximation_keeps_the_requested_energy():
 def test_omega_out_of_range_is_refused():
     with pytest.raises(ValueError, match="omega"):
         WeakBranch(1.5, {})
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_lowvram_mode_keeps_no_device_copies_and_gives_the_same_rows(exact):
+    torch.manual_seed(6)
+    base = nn.Linear(8, 6)
+    tuned = _tuned(base)
+    x, mask = _input(base), torch.tensor([True, False, True, False])
+    outs = []
+    for keep in (True, False):
+        delta = _dense(base, tuned)
+        branch = WeakBranch(0.3, {tuned: [delta]}, exact_weights=exact, keep_on_device=keep)
+        with torch.no_grad(), branch:
+            branch.mask = mask
+            outs.append(tuned(x))
+            cached = branch.cache_bytes() > 0 or delta._placed.key != ()
+        assert cached == keep
+    torch.testing.assert_close(outs[0], outs[1])
