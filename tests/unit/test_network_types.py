@@ -122,3 +122,36 @@ def test_sd_lora_on_an_inpainting_input_conv_is_zero_padded_like_the_host():
     deltas = layer_deltas_for(layer, [net], [net])
     assert len(deltas) == 1 and isinstance(deltas[0], DenseDelta) and deltas[0].weight.shape == layer.weight.shape
     assert torch.count_nonzero(deltas[0].weight[:, 4:]) == 0
+
+
+def test_sd2_text_encoder_attention_is_interpolated_exactly():
+    """OpenCLIP's nn.MultiheadAttention with LoRA modules named <layer>_q_proj/_k_proj/_v_proj/_out_proj."""
+    from pg_ext.branch import ALL_ROWS
+    from pg_ext.lora_networks import collect_deltas
+
+    torch.manual_seed(7)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    mha.network_layer_name = "model_transformer_resblocks_0_attn"
+    net = nt.Net("subject", 0.9)
+    for i, part in enumerate(("_q_proj", "_k_proj", "_v_proj", "_out_proj")):
+        net.modules[mha.network_layer_name + part] = nt.Lora(net, nn.Linear(8, 8), seed=10 + i)
+
+    def merged(strength):
+        copy_ = copy.deepcopy(mha)
+        saved, net.unet_multiplier = net.unet_multiplier, strength
+        with torch.no_grad():
+            q, k, v = copy_.in_proj_weight.chunk(3, 0)
+            parts = [net.modules[mha.network_layer_name + s] for s in ("_q_proj", "_k_proj", "_v_proj", "_out_proj")]
+            copy_.in_proj_weight += torch.vstack([parts[0].calc_updown(q)[0], parts[1].calc_updown(k)[0],
+                                                  parts[2].calc_updown(v)[0]])
+            copy_.out_proj.weight += parts[3].calc_updown(copy_.out_proj.weight)[0]
+        net.unet_multiplier = saved
+        return copy_
+
+    full, weak = merged(0.9), merged(0.9 * 0.25)
+    x = torch.randn(2, 5, 8)
+    deltas = collect_deltas([full], [net], [net])
+    with torch.no_grad(), WeakBranch(0.25, deltas) as branch:
+        branch.mask = ALL_ROWS
+        got = full(x, x, x, need_weights=False)[0]
+    torch.testing.assert_close(got, weak(x, x, x, need_weights=False)[0], rtol=1e-5, atol=1e-5)
