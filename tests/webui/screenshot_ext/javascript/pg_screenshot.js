@@ -1,27 +1,27 @@
 // Screenshot helper (tests only): with ?pgshot=accordion opens the txt2img PG accordion and scrolls to it;
 // with ?pgshot=settings opens Settings -> Personalization Guidance. Headless Chromium cannot click, so
-// the page does it on load; nothing happens without the query parameter.
-onUiLoaded(function() {
+// the page does it itself, polling until the UI is there; nothing happens without the query parameter.
+(function() {
     var mode = new URLSearchParams(window.location.search).get("pgshot");
     if (!mode) return;
-    function clickText(selector, text) {
-        var found = Array.from(gradioApp().querySelectorAll(selector)).find(function(b) { return b.textContent.trim() === text; });
-        if (found) found.click();
-        return found;
+    function app() { return typeof gradioApp === "function" ? gradioApp() : document; }
+    function byText(selector, text) {
+        return Array.from(app().querySelectorAll(selector)).find(function(b) { return b.textContent.trim() === text; });
     }
-    setTimeout(function() {
+    var stage = 0;
+    var timer = setInterval(function() {
         if (mode === "accordion") {
-            var acc = gradioApp().getElementById("script_txt2img_personalization_guidance_enabled");
+            var acc = app().querySelector("#script_txt2img_personalization_guidance_enabled");
             if (!acc) return;
             var label = acc.querySelector(".label-wrap");
-            if (label && !label.classList.contains("open")) label.click();
-            setTimeout(function() { acc.scrollIntoView({block: "start"}); window.scrollBy(0, -8); }, 500);
+            if (stage === 0 && label) { label.click(); stage = 1; return; }
+            if (stage >= 1) { acc.scrollIntoView({block: "start"}); window.scrollBy(0, -10); if (++stage > 4) clearInterval(timer); }
         } else if (mode === "settings") {
-            clickText("#tabs > .tab-nav button", "Settings");
-            setTimeout(function() {
-                clickText("#settings .tab-nav button", "Personalization Guidance");
-                window.scrollTo(0, 0);
-            }, 500);
+            var tab = byText("#tabs > .tab-nav button, #tabs button", "Settings");
+            if (stage === 0) { if (tab) { tab.click(); stage = 1; } return; }
+            var sec = byText("#settings button, #settings .tab-nav button", "Personalization Guidance");
+            if (stage === 1 && sec) { sec.click(); stage = 2; return; }
+            if (stage >= 2) { window.scrollTo(0, 0); if (++stage > 4) clearInterval(timer); }
         }
-    }, 1000);
-});
+    }, 500);
+})();

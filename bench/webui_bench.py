@@ -1,0 +1,139 @@
+"""Benchmark (not a test): PG off vs on in the running real WebUI, same seed, alternating, several rounds.
+
+    PG_WEBUI_URL=http://127.0.0.1:7861 python bench/webui_bench.py [--rounds 5] [--size 128] [--steps 4]
+
+Prints the time per image (median over rounds, whole request) and the WebUI process's peak RSS during
+each image (VmHWM, reset through /proc/<pid>/clear_refs before every request; the PID is read from
+$HARNESS/logs/webui-<port>.pid) for: plain CFG vs PG with a plain LoRA (low-rank path), a LoHa and a
+full-diff file (dense paths; made from the harness LoRA by tests/webui/harness_models.py), and a
+DreamBooth checkpoint (rand_sd15_dreambooth loaded, base rand_sd15) in exact and low-memory mode.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "webui"))
+
+import webui_client as wc  # noqa: E402
+
+HARNESS = os.environ.get("HARNESS") or os.path.expanduser("~/.cache/pg-webui-harness")
+
+
+def webui_pid(url: str) -> int | None:
+    port = url.rsplit(":", 1)[-1].strip("/")
+    try:
+        with open(os.path.join(HARNESS, "logs", f"webui-{port}.pid")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _status(pid: int, key: str) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024 / 1024  # kB -> GiB
+    return float("nan")
+
+
+def reset_peak(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def timed(client: wc.Client, payload: dict, pid: int | None) -> tuple[float, float]:
+    reset_peak(pid)
+    t = time.perf_counter()
+    r = client.txt2img(payload)
+    elapsed = time.perf_counter() - t
+    text = r["infotexts"][0]
+    if "PG note" in text:
+        print("  note:", text[text.index("PG note"):][:160])
+    return elapsed, (_status(pid, "VmHWM") if pid else float("nan"))
+
+
+def run_group(client, pid, name: str, variants: dict, rounds: int) -> list[tuple]:
+    """variants: label -> payload; the first one is the baseline. Alternates the variants in every round."""
+    print(f"[{name}] warm-up", flush=True)
+    for payload in variants.values():
+        timed(client, payload, pid)
+    times = {k: [] for k in variants}
+    peaks = {k: [] for k in variants}
+    for i in range(rounds):
+        order = list(variants) if i % 2 == 0 else list(reversed(list(variants)))
+        for label in order:
+            t, peak = timed(client, variants[label], pid)
+            times[label].append(t)
+            peaks[label].append(peak)
+        print(f"[{name}] round {i + 1}: " + ", ".join(f"{k} {times[k][-1]:.2f}s" for k in variants), flush=True)
+    base = list(variants)[0]
+    rows = []
+    for label in variants:
+        med = statistics.median(times[label])
+        rows.append((name, label, med, min(times[label]), med / statistics.median(times[base]), max(peaks[label])))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", default=os.environ.get("PG_WEBUI_URL", "http://127.0.0.1:7861"))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--omega", type=float, default=0.5)
+    ap.add_argument("--only", default="", help="comma-separated groups: lora,loha,full,dreambooth")
+    args = ap.parse_args()
+    client = wc.Client(args.url)
+    pid = webui_pid(args.url)
+    names = {x["name"] for x in client.get("/sdapi/v1/loras")}
+    if not {"pg_loha", "pg_full"} <= names:
+        subprocess.run([os.path.join(HARNESS, "venv", "bin", "python"),
+                        os.path.join(HERE, "..", "tests", "webui", "harness_models.py")], check=True)
+        client.post("/sdapi/v1/refresh-loras", {})
+    groups = [g for g in (args.only.split(",") if args.only else ["lora", "loha", "full", "dreambooth"]) if g]
+
+    def req(prompt, **extra):
+        return wc.base_request(prompt=prompt, size=args.size, steps=args.steps, seed=4321, **extra)
+
+    rows = []
+    for kind, tag in (("lora", "rand_lora"), ("loha", "pg_loha"), ("full", "pg_full")):
+        if kind in groups:
+            base = req(f"a photo of a cat <lora:{tag}:1>")
+            rows += run_group(client, pid, kind, {
+                "CFG": base, f"PG {kind}": wc.with_pg(base, wc.pg_args(omega=args.omega))}, args.rounds)
+    if "dreambooth" in groups:
+        before = client.get("/sdapi/v1/options")["sd_model_checkpoint"]
+        client.post("/sdapi/v1/options", {"sd_model_checkpoint": "rand_sd15_dreambooth"})
+        try:
+            base = req("a photo of a sks cat")
+            rows += run_group(client, pid, "dreambooth", {
+                "CFG": base,
+                "PG exact": wc.with_pg(base, wc.pg_args(omega=args.omega, base_checkpoint="rand_sd15")),
+                "PG low-memory": wc.with_pg(base, wc.pg_args(omega=args.omega, base_checkpoint="rand_sd15",
+                                                             base_mode="low-memory")),
+            }, args.rounds)
+        finally:
+            client.post("/sdapi/v1/options", {"sd_model_checkpoint": before})
+
+    print(f"\n{args.size}x{args.size}, Euler, {args.steps} steps, CFG 7, batch 1, ω={args.omega}, "
+          f"{args.rounds} rounds alternating; OMP_NUM_THREADS as the WebUI was started; pid {pid}")
+    print("| group | variant | median s/image | best s/image | ratio vs CFG (median) | peak RSS GiB |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, label, med, best, ratio, peak in rows:
+        print(f"| {name} | {label} | {med:.2f} | {best:.2f} | {ratio:.3f} | {peak:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
