@@ -83,6 +83,8 @@ def run_group(client, pid, name: str, variants: dict, rounds: int) -> list[tuple
     for label in variants:
         med = statistics.median(times[label])
         rows.append((name, label, med, min(times[label]), med / statistics.median(times[base]), max(peaks[label])))
+        print(f"[{name}] {label}: median {med:.2f}s, ratio {rows[-1][4]:.3f}, peak RSS {rows[-1][5]:.2f} GiB",
+              flush=True)  # printed now too: a long group (low-memory build) may be cut short
     return rows
 
 
