@@ -1,0 +1,134 @@
+"""Subject-vs-text frontier of CFG, Personalization Guidance and autoguidance on the miniature model.
+
+    python bench/frontier.py [--samples 100] [--steps 12] [--models ft ft_noprior lora lora_noprior]
+
+For every shipped personalization and every guidance setting, samples "a sks square on a <bg>
+background at the <left|right>" in the 12 contexts the subject was never trained in (same seeds for
+every setting), scores subject fidelity (classifier probability, EfficientNet-Lite0 feature similarity
+to the training images) and text fidelity (background colour error/accuracy, position accuracy), and
+prints each method's frontier: the best subject score among its settings whose text accuracy (background
+AND position right, or background alone) reaches each level. Writes out/frontier.json,
+docs/img/frontier.png (x: background accuracy) and docs/img/frontier_both.png (x: both right).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pg_mini import data  # noqa: E402
+from pg_mini.guide import MODELS, Guidance, load_personalized, sample  # noqa: E402
+from pg_mini.io import load_base, weights_path  # noqa: E402
+from pg_mini.score import Features, load_judge, score  # noqa: E402
+
+SETTINGS = ([Guidance("cfg", s) for s in (1.5, 3.0, 5.0, 8.0)]
+            + [Guidance("pg", s, w) for w, s in ((0.0, 1.5), (0.0, 3.0), (0.5, 1.5), (0.5, 3.0), (0.75, 3.0), (0.75, 5.0))]
+            + [Guidance("ag", s, 0.0) for s in (1.5, 3.0)])
+LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+METRICS = ("subject", "sim", "text", "bg_acc", "bg_err", "pos_acc")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(model_names, samples: int, steps: int, batch: int = 100) -> list[dict]:
+    """One row per (model, setting): mean and standard error of every metric over `samples` images."""
+    base, judge, features = load_base(), load_judge(weights_path("judge")), Features()
+    contexts = data.new_contexts()
+    contexts = [contexts[i % len(contexts)] for i in range(samples)]
+    results = []
+    for name in model_names:
+        model = load_personalized(name, base)
+        for g in SETTINGS:
+            start = time.time()
+            parts = []
+            for lo in range(0, samples, batch):
+                chunk = contexts[lo:lo + batch]
+                images = sample(model, [data.subject_prompt(b, p) for b, p in chunk], g, seed=lo + 1000, steps=steps)
+                parts.append(score(images, [b for b, _ in chunk], [p for _, p in chunk], judge, features))
+            scores = {k: torch.cat([p[k] for p in parts]) for k in METRICS}
+            row = {"model": name, "method": g.kind, "scale": g.scale, "omega": g.omega, "label": g.label}
+            for k, v in scores.items():
+                row[k] = v.mean().item()
+                row[k + "_se"] = v.std().item() / len(v) ** 0.5
+            results.append(row)
+            print(f"{name:<13}{g.label:<18} subject {row['subject']:.3f}±{row['subject_se']:.3f} "
+                  f"sim {row['sim']:.3f}±{row['sim_se']:.3f} text {row['text']:.3f}±{row['text_se']:.3f} "
+                  f"bg_err {row['bg_err']:.3f}±{row['bg_err_se']:.3f} pos {row['pos_acc']:.3f} "
+                  f"({time.time() - start:.0f}s)", flush=True)
+    return results
+
+
+def frontier(rows: list[dict], key: str = "subject", text: str = "text") -> dict[float, dict]:
+    """Best row by `key` among rows whose text fidelity `text` reaches each level (missing when none does)."""
+    best = {}
+    for level in LEVELS:
+        ok = [r for r in rows if r[text] >= level]
+        if ok:
+            best[level] = max(ok, key=lambda r: r[key])
+    return best
+
+
+def compare(a: dict, b: dict, key: str) -> str:
+    """'above' / 'below' / 'tie' of a vs b by more than two standard errors of the difference."""
+    diff = a[key] - b[key]
+    se = (a[key + "_se"] ** 2 + b[key + "_se"] ** 2) ** 0.5
+    return "above" if diff > 2 * se else "below" if diff < -2 * se else "tie"
+
+
+def report(results: list[dict], key: str = "subject", text: str = "text") -> str:
+    """Frontier table per model and method, with PG-vs-CFG and PG-vs-AG verdicts per text level."""
+    lines = []
+    for name in dict.fromkeys(r["model"] for r in results):
+        rows = [r for r in results if r["model"] == name]
+        fronts = {m: frontier([r for r in rows if r["method"] == m], key, text) for m in ("cfg", "pg", "ag")}
+        lines.append(f"\n{name}: best {key} at {text} >= level  (mean ± s.e. [setting])")
+        lines.append(f"{'level':<7}{'CFG':<34}{'PG':<34}{'AG':<34}PG vs CFG / AG")
+        for level in LEVELS:
+            cells, verdict = [], []
+            for m in ("cfg", "pg", "ag"):
+                r = fronts[m].get(level)
+                cells.append(f"{r[key]:.3f}±{r[key + '_se']:.3f} [{r['label']}]" if r else "-")
+            pg = fronts["pg"].get(level)
+            for m in ("cfg", "ag"):
+                other = fronts[m].get(level)
+                verdict.append(compare(pg, other, key) if pg and other else ("only PG" if pg else "no PG" if other else "-"))
+            lines.append(f"{level:<7}" + "".join(f"{c:<34}" for c in cells) + " / ".join(verdict))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    """Command line of the measurement."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--json", default=os.path.join(ROOT, "out", "frontier.json"))
+    parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "img", "frontier.png"))
+    parser.add_argument("--from-json", action="store_true", help="re-print and re-plot saved results")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    start = time.time()
+    if args.from_json:
+        with open(args.json) as f:
+            results = json.load(f)
+    else:
+        results = measure(args.models, args.samples, args.steps)
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    for text in ("text", "bg_acc"):
+        for key in ("subject", "sim"):
+            print(report(results, key, text))
+    from plot import plot_frontiers
+    plot_frontiers(results, args.plot, "subject", "bg_acc")
+    plot_frontiers(results, args.plot.replace(".png", "_both.png"), "subject", "text")
+    print(f"\nwrote {args.json} and {args.plot} in {time.time() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
