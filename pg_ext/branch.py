@@ -128,18 +128,30 @@ class WeakBranch:
             self._stash.pop(id(layer), None)
             return None
         index = index.to(x.device)
+        first, count = int(index[0]), index.numel()
+        if int(index[-1]) - first + 1 == count:
+            # the usual layout: the weak rows are one block (A1111 puts uncond last); views, no gather
+            self._stash[id(layer)] = (x.narrow(0, first, count), (first, count))
+            rest = [x.narrow(0, 0, first), x.narrow(0, first + count, x.shape[0] - first - count)]
+            rest = [r for r in rest if r.shape[0]]
+            kept = rest[0] if len(rest) == 1 else torch.cat(rest) if rest else x.narrow(0, 0, 0)
+            return (kept,) + tuple(args[1:])
         keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         keep[index] = False
-        self._stash[id(layer)] = (x.index_select(0, index), index, keep)
+        self._stash[id(layer)] = (x.index_select(0, index), (index, keep))
         return (x[keep],) + tuple(args[1:])
 
     def _split_hook(self, layer: nn.Module, args: tuple, output: torch.Tensor):
         stashed = self._stash.pop(id(layer), None)
         if stashed is None:
             return None
-        x_weak, index, keep = stashed
+        x_weak, where = stashed
         weight, bias = self._weak_weights(layer, x_weak)
         weak = layer_op(layer, x_weak, weight, bias).to(output.dtype)
+        if isinstance(where[0], int):
+            first, _ = where
+            return torch.cat([output.narrow(0, 0, first), weak, output.narrow(0, first, output.shape[0] - first)])
+        index, keep = where
         full = output.new_empty((keep.shape[0],) + tuple(weak.shape[1:]))
         full[keep] = output
         full[index] = weak

@@ -45,15 +45,20 @@ def _dense(base, tuned):
     return DenseDelta(tuned.weight.detach() - base.weight.detach(), tuned.bias.detach() - base.bias.detach())
 
 
+MASKS = {"interleaved": [False, True, False, True], "uncond_last": [False, False, True, True],
+         "middle_block": [False, True, True, False], "first": [True, False, False, False]}
+
+
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("omega", [0.0, 0.35, 1.0])
-def test_weak_rows_see_interpolated_weights(kind, exact, omega):
+@pytest.mark.parametrize("layout", sorted(MASKS))
+def test_weak_rows_see_interpolated_weights(kind, exact, omega, layout):
     torch.manual_seed(0)
     base = LAYERS[kind]()
     tuned = _tuned(base)
     x = _input(base)
-    mask = torch.tensor([False, True, False, True])
+    mask = torch.tensor(MASKS[layout])
     expected = tuned(x).detach().clone()
     expected[mask] = _weak(base, tuned, omega)(x[mask]).detach()
     params_before = [p.detach().clone() for p in tuned.parameters()]
