@@ -193,7 +193,9 @@ class PersonalizationGuidanceScript(scripts.Script):
         defaults = _defaults()
         f = FIELD_BY_NAME
         with InputAccordion(False, label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
-            gr.HTML(f"<p class='pg-help'>{f['enabled'].help}</p>")
+            gr.HTML("<p class='pg-help'>Steers CFG toward your LoRA/DreamBooth subject while keeping the prompt: "
+                    "the unconditional branch comes from a weak model between the base and your model. "
+                    "ω = 1 is plain CFG.</p>")
             with gr.Row():
                 omega = gr.Slider(0.0, 1.0, value=defaults.omega, step=0.01, label=f["omega"].label,
                                   elem_id=self.elem_id("omega"), tooltip=f["omega"].help)
@@ -210,13 +212,16 @@ class PersonalizationGuidanceScript(scripts.Script):
                 hires = gr.Checkbox(value=defaults.hires, label=f["hires"].label, elem_id=self.elem_id("hires"),
                                     tooltip=f["hires"].help)
             with gr.Row():
-                base = gr.Dropdown(["None"] + sd_models.checkpoint_tiles(), value="None",
-                                   label=f["base_checkpoint"].label, elem_id=self.elem_id("base_checkpoint"),
-                                   tooltip=f["base_checkpoint"].help)
-                _refresh_button(base, self.elem_id("base_refresh"))
-                base_mode = gr.Radio(list(config.BASE_MODES), value=defaults.base_mode,
-                                     label=f["base_mode"].label, elem_id=self.elem_id("base_mode"),
-                                     tooltip=f["base_mode"].help)
+                with gr.Column(scale=2):
+                    with gr.Row():  # dropdown + refresh tool button, as the WebUI's own checkpoint pickers
+                        base = gr.Dropdown(["None"] + sd_models.checkpoint_tiles(), value="None",
+                                           label=f["base_checkpoint"].label, elem_id=self.elem_id("base_checkpoint"),
+                                           tooltip=f["base_checkpoint"].help)
+                        _refresh_button(base, self.elem_id("base_refresh"))
+                with gr.Column(scale=1):
+                    base_mode = gr.Radio(list(config.BASE_MODES), value=defaults.base_mode,
+                                         label=f["base_mode"].label, elem_id=self.elem_id("base_mode"),
+                                         tooltip=f["base_mode"].help)
         controls = {"enabled": enabled, "omega": omega, "loras": loras, "weak_prompt": weak_prompt, "start": start,
                     "end": end, "hires": hires, "base_checkpoint": base, "base_mode": base_mode}
         self.infotext_fields = _paste_fields(controls)
