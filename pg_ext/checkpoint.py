@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Mapping, Optional
 import torch
 from torch import nn
 
-from .deltas import DenseDelta, LayerDelta, is_supported, low_rank_approximation
+from .deltas import DenseDelta, LayerDelta, LowRankDelta, is_supported, low_rank_approximation
 
 UNET_PREFIX = "model.diffusion_model."
 
@@ -75,55 +75,74 @@ def checkpoint_deltas(unet: nn.Module, base: Mapping[str, torch.Tensor] | Iterat
 
     `original(module, param_name)` gives the loaded checkpoint's own value of a parameter when the host
     has merged something into it (A1111 keeps LoRA-free weights in `network_weights_backup`).
+    In low-memory mode each weight difference is factorized as soon as it is read, so the full D never
+    exists at once.
     """
     items = base.items() if isinstance(base, Mapping) else base
     loaded = dict(unet.named_parameters())
     seen: set[str] = set()
-    deltas: dict[nn.Module, list[LayerDelta]] = {}
-    parts: dict[nn.Module, dict[str, torch.Tensor]] = {}
-    changed, nbytes, err_num, err_den = 0, 0, 0.0, 0.0
+    parts: dict[nn.Module, dict[str, object]] = {}
+    changed, err_num, err_den = 0, 0.0, 0.0
     for name, tensor in items:
-        if name not in loaded:
-            if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
-                continue
-            raise CheckpointMismatch(f"base checkpoint has UNet tensor '{name}' that the loaded model lacks: "
-                                     "the two are different architectures")
-        seen.add(name)
-        module, param = _owner(unet, name)
-        ours = original(module, param) if original else loaded[name].detach()
-        if tuple(ours.shape) != tuple(tensor.shape):
-            raise CheckpointMismatch(f"base checkpoint tensor '{name}' has {_describe(tensor.shape, name)}, the loaded "
-                                     f"model has {_describe(ours.shape, name)}: not the base of this model")
-        diff = ours.detach().to("cpu", torch.float32) - tensor.to(torch.float32)
-        if not bool(diff.any()):
+        found = _difference(unet, loaded, name, tensor, original)
+        if found is None:
             continue
-        if not is_supported(module):
-            raise CheckpointMismatch(f"tensor '{name}' differs but belongs to a {type(module).__name__}, which PG cannot interpolate")
+        seen.add(name)
+        module, param, diff = found
+        if diff is None:
+            continue
         changed += 1
-        parts.setdefault(module, {})[param] = diff.to(ours.dtype if ours.is_floating_point() else torch.float32)
+        if low_memory and param == "weight" and diff.dim() >= 2:
+            total = float(diff.float().pow(2).sum())
+            diff, rel = low_rank_approximation(DenseDelta(diff), energy, _budget_rank(diff, budget))
+            err_num, err_den = err_num + rel * rel * total, err_den + total
+        parts.setdefault(module, {})[param] = diff
     missing = sorted(set(loaded) - seen)
     if missing:
         raise CheckpointMismatch(f"base checkpoint lacks {len(missing)} UNet tensors of the loaded model, e.g. "
                                  f"'{missing[0]}': the two are different architectures")
-    for module, params in parts.items():
-        delta = DenseDelta(params.get("weight"), params.get("bias"))
-        if low_memory:
-            budget_rank = _budget_rank(delta, budget)
-            approx, rel = low_rank_approximation(delta, energy=energy, max_rank=budget_rank)
-            total = float(delta.weight.float().pow(2).sum()) if delta.weight is not None else 0.0
-            err_num += rel * rel * total
-            err_den += total
-            delta = approx
-        deltas[module] = [delta]
-        nbytes += delta.nbytes()
+    deltas = {module: [_layer_delta(p)] for module, p in parts.items()}
+    nbytes = sum(d[0].nbytes() for d in deltas.values())
     unet_nbytes = sum(p.numel() * p.element_size() for p in loaded.values())
     rel_error = (err_num / err_den) ** 0.5 if err_den else 0.0
     return CheckpointDeltas(deltas, changed, len(loaded), nbytes, unet_nbytes, rel_error)
 
 
-def _budget_rank(delta: DenseDelta, budget: float) -> Optional[int]:
+def _difference(unet: nn.Module, loaded: dict, name: str, tensor: torch.Tensor,
+                original: Optional[Callable[[nn.Module, str], torch.Tensor]]):
+    """(module, param, loaded − base or None if equal) for one base tensor; None for buffers to skip."""
+    if name not in loaded:
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            return None
+        raise CheckpointMismatch(f"base checkpoint has UNet tensor '{name}' that the loaded model lacks: "
+                                 "the two are different architectures")
+    module, param = _owner(unet, name)
+    ours = (original(module, param) if original else loaded[name]).detach()
+    if tuple(ours.shape) != tuple(tensor.shape):
+        raise CheckpointMismatch(f"base checkpoint tensor '{name}' has {_describe(tensor.shape, name)}, the loaded "
+                                 f"model has {_describe(ours.shape, name)}: not the base of this model")
+    diff = ours.to("cpu", torch.float32) - tensor.to(torch.float32)
+    if not bool(diff.any()):
+        return module, param, None
+    if not is_supported(module):
+        raise CheckpointMismatch(f"tensor '{name}' differs but belongs to a {type(module).__name__}, "
+                                 "which PG cannot interpolate")
+    return module, param, diff.to(ours.dtype if ours.is_floating_point() else torch.float32)
+
+
+def _layer_delta(params: dict) -> LayerDelta:
+    """One layer's weight and bias differences as one delta (a factorized weight keeps its bias)."""
+    weight, bias = params.get("weight"), params.get("bias")
+    if isinstance(weight, LowRankDelta):
+        weight.bias = bias
+        return weight
+    if isinstance(weight, DenseDelta):
+        return DenseDelta(weight.weight, bias)
+    return DenseDelta(weight, bias)
+
+
+def _budget_rank(w: torch.Tensor, budget: float) -> Optional[int]:
     """Largest rank whose two factors stay within `budget` of the weight's size (at least 1)."""
-    w = delta.weight
     if w is None or w.dim() < 2:
         return None
     rows, cols = w.shape[0], w[0].numel()
@@ -137,6 +156,12 @@ class DeltaCache:
         self.size = size
         self._entries: dict[tuple, CheckpointDeltas] = {}
         self.builds = 0  # how many times a base was read from disk (tests and the benchmark check it)
+
+    def resize(self, size: int) -> None:
+        """Keep at most `size` entries from now on, dropping the oldest at once."""
+        self.size = size
+        while len(self._entries) > max(size, 0):
+            self._entries.pop(next(iter(self._entries)))
 
     def get(self, key: tuple, build: Callable[[], CheckpointDeltas]) -> CheckpointDeltas:
         """The cached differences for `key`, building (reading the base) only on a miss."""

@@ -6,6 +6,7 @@ wrapped so that the hooks are removed in `finally`, whatever happens during samp
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import sys
@@ -23,6 +24,12 @@ from pg_ext.lora_networks import original_weight
 from pg_ext.session import GuidanceSession
 
 log = logging.getLogger("personalization_guidance")
+if not log.handlers:  # the WebUI shows only warnings of other loggers; PG's one-line status belongs in the console
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    log.addHandler(_handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 TITLE = "Personalization Guidance"
 SESSION_ATTR = "pg_session"
 BASE_CACHE = DeltaCache(size=1)
@@ -145,10 +152,13 @@ def _base_deltas(settings: Settings, sd_model, unet) -> dict:
 
     def build():
         log.info("PG: reading base checkpoint %s", info.title)
-        return checkpoint_deltas(unet, read_unet_tensors(info.filename), original=original, low_memory=low,
-                                 energy=float(_opt("pg_low_memory_energy", 0.9)))
+        try:
+            return checkpoint_deltas(unet, read_unet_tensors(info.filename), original=original, low_memory=low,
+                                     energy=float(_opt("pg_low_memory_energy", 0.9)))
+        finally:
+            _return_freed_memory()
 
-    BASE_CACHE.size = int(_opt("pg_base_cache_size", 1))
+    BASE_CACHE.resize(int(_opt("pg_base_cache_size", 1)))
     entry = BASE_CACHE.get(key, build)
     if low:
         log.info("PG: low-memory base differences: %.1f%% of the UNet, relative error %.3f",
@@ -290,6 +300,19 @@ def _release(p) -> None:
     if session is not None:
         session.close()
         delattr(p, SESSION_ATTR)
+        _return_freed_memory()
+
+
+def _return_freed_memory() -> None:
+    """Give the buffers PG freed (a base's read, θ_ω weights of a run) back to the OS.
+
+    glibc keeps large freed blocks in the process, so without this the WebUI's RSS would stay at its
+    peak after a DreamBooth job although PG holds nothing but its cache.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc (Windows, macOS, musl): nothing to do
 
 
 def _refresh_button(dropdown, elem_id):

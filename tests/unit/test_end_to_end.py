@@ -189,5 +189,7 @@ def test_delta_cache_reads_once_and_frees(models):
     assert cache.get(("a",), build) is first and cache.builds == 1
     cache.get(("b",), build)
     assert len(cache) == 1 and cache.builds == 2
-    cache.clear()
+    cache.resize(0)
     assert len(cache) == 0
+    cache.get(("a",), build)
+    assert len(cache) == 0 and cache.builds == 3  # size 0: nothing kept between jobs
