@@ -57,49 +57,42 @@ def _reference(layer, nets, selected, omega, x, mask):
     return out
 
 
+def _check(layer, nets, selected, omega, mask, exact):
+    """PG on the host-merged layer equals the slow reference; returns the deltas it used."""
+    x = _x(layer)
+    expected = _reference(layer, nets, selected, omega, x, mask)
+    nt.merge(layer, nets, {})  # what the host holds during sampling
+    deltas = layer_deltas_for(layer, nets, selected)
+    with torch.no_grad(), WeakBranch(omega, {layer: deltas}, exact_weights=exact) as branch:
+        branch.mask = mask
+        got = layer(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    return deltas
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("exact", [False, True])
 def test_each_network_type_matches_the_merged_reference(case, exact):
     torch.manual_seed(0)
     make_layer, make_module, kind = CASES[case]
     layer, nets = _setup(make_layer, [make_module], [0.8])
-    x, mask, omega = _x(layer), torch.tensor([True, False, False, True]), 0.3
-    expected = _reference(layer, nets, nets, omega, x, mask)
-    nt.merge(layer, nets, {})  # what the host holds during sampling
-    deltas = layer_deltas_for(layer, nets, nets)
+    deltas = _check(layer, nets, nets, 0.3, torch.tensor([True, False, False, True]), exact)
     assert len(deltas) == 1 and isinstance(deltas[0], kind)
-    with torch.no_grad(), WeakBranch(omega, {layer: deltas}, exact_weights=exact) as branch:
-        branch.mask = mask
-        got = layer(x)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("exact", [False, True])
 def test_unselected_network_keeps_full_strength_in_both_branches(exact):
     torch.manual_seed(1)
     layer, nets = _setup(CONV, [lambda n, l: nt.Lora(n, l, seed=1), lambda n, l: nt.Hada(n, l, seed=2)], [1.0, 0.7])
-    subject, style = nets
-    x, mask = _x(layer), torch.tensor([False, False, True, True])
     selected, unknown = select_networks(nets, ["NET0"])
-    assert selected == [subject] and unknown == []
-    expected = _reference(layer, nets, selected, 0.2, x, mask)
-    nt.merge(layer, nets, {})
-    with torch.no_grad(), WeakBranch(0.2, {layer: layer_deltas_for(layer, nets, selected)}, exact_weights=exact) as b:
-        b.mask = mask
-        got = layer(x)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert selected == [nets[0]] and unknown == []
+    _check(layer, nets, selected, 0.2, torch.tensor([False, False, True, True]), exact)
 
 
 def test_two_selected_networks_on_one_layer_scale_together():
     torch.manual_seed(2)
     layer, nets = _setup(LINEAR, [lambda n, l: nt.Lora(n, l, seed=3), lambda n, l: nt.Full(n, l, seed=4)], [1.0, 0.5])
-    x, mask = _x(layer), torch.tensor([True, True, False, False])
-    expected = _reference(layer, nets, nets, 0.6, x, mask)
-    nt.merge(layer, nets, {})
-    with torch.no_grad(), WeakBranch(0.6, {layer: layer_deltas_for(layer, nets, nets)}, exact_weights=True) as b:
-        b.mask = mask
-        got = layer(x)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert len(_check(layer, nets, nets, 0.6, torch.tensor([True, True, False, False]), True)) == 2
 
 
 def test_unknown_names_are_reported_and_file_names_match():
