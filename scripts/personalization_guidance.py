@@ -57,6 +57,21 @@ def resolve_settings(p, args) -> Settings:
     return settings
 
 
+def _asks_for_pg(p, args) -> bool:
+    """Whether the job asks for PG at all (a malformed switch counts as asking: it is reported)."""
+    overrides = getattr(p, OVERRIDES_ATTR, None) or {}
+    if "enabled" in overrides:
+        value = overrides["enabled"]
+    elif args and isinstance(args[0], dict):
+        value = args[0].get("enabled", False)
+    else:
+        value = args[0] if args else False
+    try:
+        return FIELD_BY_NAME["enabled"].parse("enabled", value)
+    except SettingsError:
+        return True
+
+
 def _base_info(name: str):
     """The WebUI's checkpoint entry for `name` (title, name or hash); never a path from a request."""
     info = sd_models.get_closet_checkpoint_match(name)
@@ -245,6 +260,8 @@ class PersonalizationGuidanceScript(scripts.Script):
         try:
             settings = resolve_settings(p, args)
         except SettingsError as e:
+            if not _asks_for_pg(p, args):
+                return  # PG is off: a stale value (e.g. a deleted base checkpoint) must not break the job
             log.error("%s", e)
             _guard_sample(p, None, e)
             return

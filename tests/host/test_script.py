@@ -275,3 +275,13 @@ def test_paste_round_trip_restores_every_control_and_turns_off_without_pg(host):
     assert float(by_field["start"]) == 0.1 and float(by_field["end"]) == 0.9 and str(by_field["hires"]) == "False"
     off_values = paste_values("a cat\nSteps: 4, Sampler: Euler, CFG scale: 5", script.infotext_fields)
     assert off_values[0].get("value") is False
+
+
+def test_pg_off_ignores_its_other_values(host):
+    """A disabled PG never breaks a job, e.g. a base checkpoint that was deleted since the UI was built."""
+    off, _ = run(host)
+    stale, _ = run(host, [False, 0.5, "", "negative", 0.0, 1.0, True, "deleted.safetensors [0000000000]"])
+    assert torch.equal(images(off), images(stale)) and "PG" not in stale.infotexts[0]
+    from pg_ext.config import SettingsError
+    with pytest.raises(SettingsError, match="'enabled'"):
+        run(host, ["maybe", 0.5])
