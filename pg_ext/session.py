@@ -6,7 +6,6 @@ loaded networks and a function that encodes prompts; this object never reaches f
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -17,8 +16,6 @@ from .config import Settings, SettingsError
 from .deltas import LayerDelta
 from .lora_networks import collect_deltas, select_networks
 from .router import UNetRowRouter
-
-log = logging.getLogger("personalization_guidance")
 
 Deltas = Mapping[nn.Module, Sequence[LayerDelta] | ParamDeltas]
 
@@ -52,7 +49,8 @@ class GuidanceSession:
         self.settings = settings
         self.router: Optional[UNetRowRouter] = None
         self.plan: Optional[PassPlan] = None
-        self.steps_guided = 0
+        # what the adapter computes once per job (e.g. base-checkpoint differences keyed by the loaded model)
+        self.prepared: dict[Any, Any] = {}
 
     def select(self, loaded_networks: Sequence[Any]) -> list[Any]:
         """The personalization networks among the loaded ones; unknown names are an input error."""
@@ -93,14 +91,15 @@ class GuidanceSession:
             branch.mask = ALL_ROWS
             return encode_weak()
 
-    def step(self, fraction_done: float, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor]) -> bool:
-        """Route one CFG step; returns whether PG acts on it (inside [start, end] and prepared)."""
-        if self.router is None:
-            return False
-        active = self.settings.in_range(fraction_done) and cond is not None and uncond is not None
-        self.router.begin_step(cond if active else None, uncond if active else None)
-        self.steps_guided += int(active)
-        return active
+    def step(self, active: bool, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor]) -> None:
+        """Route one CFG step; an inactive step (outside [start, end]) runs as plain CFG."""
+        if self.router is not None:
+            self.router.begin_step(cond if active else None, uncond if active else None)
+
+    @property
+    def unet(self) -> Optional[nn.Module]:
+        """The UNet this pass is hooked on (None between passes)."""
+        return None if self.router is None else self.router.unet
 
     def end_pass(self) -> None:
         """Remove every hook of the current pass (idempotent)."""

@@ -122,7 +122,7 @@ def _check_selection(p, session: GuidanceSession | None) -> None:
         return
     try:
         session.select(_loaded_networks())
-        _base_deltas(session.settings, shared.sd_model, shared.sd_model.model.diffusion_model)
+        _job_base_deltas(session)
     except (SettingsError, CheckpointMismatch) as e:
         raise request_error(p, e) from None
 
@@ -148,6 +148,15 @@ def _encode_weak(p, settings: Settings):
     with devices.autocast():
         return prompt_parser.get_learned_conditioning(shared.sd_model, conditioning, steps, hires_steps,
                                                       shared.opts.use_old_scheduling)
+
+
+def _job_base_deltas(session: GuidanceSession) -> dict:
+    """The base differences for this job and loaded checkpoint: built once per job even with cache size 0."""
+    sd_model = shared.sd_model
+    key = (id(sd_model.model.diffusion_model), getattr(getattr(sd_model, "sd_checkpoint_info", None), "filename", None))
+    if ("base", key) not in session.prepared:
+        session.prepared[("base", key)] = _base_deltas(session.settings, sd_model, sd_model.model.diffusion_model)
+    return session.prepared[("base", key)]
 
 
 def _base_deltas(settings: Settings, sd_model, unet) -> dict:
@@ -293,7 +302,6 @@ class PersonalizationGuidanceScript(scripts.Script):
         if plan is None:
             _note(p, "no LoRA or base checkpoint to act on: ran as plain CFG")
             return
-        session.model_id = id(shared.sd_model)
         log.info("PG: ω=%.2f on %d UNet layers, %d text-encoder layers (%s)", session.settings.omega,
                  plan.unet_layers, plan.text_layers, ", ".join(plan.networks) or "base checkpoint")
 
@@ -304,7 +312,7 @@ class PersonalizationGuidanceScript(scripts.Script):
         settings = session.settings
         return session.begin_pass(
             unet=unet, text_layers=_encoder_layers(sd_model), loaded_networks=_loaded_networks(),
-            encode_weak=lambda: _encode_weak(p, settings), extra_unet_deltas=_base_deltas(settings, sd_model, unet),
+            encode_weak=lambda: _encode_weak(p, settings), extra_unet_deltas=_job_base_deltas(session),
             exact_weights=not _opt("lora_functional", False), empty_prompt=settings.weak_prompt == "empty",
             keep_on_device=not getattr(sd_model, "lowvram", False))
 
@@ -370,17 +378,16 @@ def on_cfg_denoiser(params) -> None:
     session = getattr(p, SESSION_ATTR, None)
     if session is None or session.router is None:
         return
-    if getattr(session, "model_id", None) != id(shared.sd_model):
+    if session.unet is not shared.sd_model.model.diffusion_model:
         _note(p, "off after a model switch (refiner) during sampling")
         session.end_pass()
         return
-    fraction = params.sampling_step / max(params.total_sampling_steps, 1)
-    uncond = params.text_uncond
+    active = session.settings.in_range(params.sampling_step / max(params.total_sampling_steps, 1))
     weak = session.plan.weak_conditioning if session.plan else None
-    if weak is not None and session.settings.in_range(fraction):
-        uncond = _with_mark(prompt_parser.reconstruct_cond_batch(weak, params.denoiser.step), params.text_uncond)
-        params.text_uncond = uncond
-    session.step(fraction, _crossattn(params.text_cond), _crossattn(uncond))
+    if weak is not None and active:
+        params.text_uncond = _with_mark(prompt_parser.reconstruct_cond_batch(weak, params.denoiser.step),
+                                        params.text_uncond)
+    session.step(active, _crossattn(params.text_cond), _crossattn(params.text_uncond))
 
 
 def on_model_loaded(sd_model) -> None:
