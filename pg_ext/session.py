@@ -108,6 +108,11 @@ class GuidanceSession:
         self.router = None
 
     def close(self) -> None:
-        """End of the job (or of a batch): nothing of PG stays on the model."""
+        """End of a batch's sampling: nothing of PG stays on the model."""
         self.end_pass()
         self.plan = None
+
+    def end_job(self) -> None:
+        """End of the job: also drop what was prepared for it (the memory is freed now, not at GC)."""
+        self.close()
+        self.prepared.clear()

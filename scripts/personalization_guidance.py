@@ -323,7 +323,7 @@ class PersonalizationGuidanceScript(scripts.Script):
 def _release(p) -> None:
     session = getattr(p, SESSION_ATTR, None)
     if session is not None:
-        session.close()
+        session.end_job()
         delattr(p, SESSION_ATTR)
         _return_freed_memory()
 
