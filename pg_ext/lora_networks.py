@@ -81,29 +81,47 @@ def layer_deltas_for(layer: nn.Module, loaded: Sequence[Any], selected: Sequence
 
     Dense types are evaluated against the same running weight the host's in-place merge feeds them
     (original weight plus the networks before them), so DoRA/IA³/OFT/GLoRA match the host exactly.
+    Nothing is computed for a layer no selected network touches, and the networks ahead of a selected
+    one are evaluated only when a dense type needs the running weight (plain LoRAs never do).
     """
     name = getattr(layer, "network_layer_name", None)
     if name is None or not is_supported(layer):
         return []
-    out: list[LayerDelta] = []
-    before: list[LayerDelta] = []  # what the networks ahead of the current one added, as the host merges them
     chosen = {id(n) for n in selected}
-    for net in loaded:
-        module = getattr(net, "modules", {}).get(name)
-        if module is None:
+    found = [(net, net.modules[name]) for net in loaded if name in getattr(net, "modules", {})]
+    if not any(id(net) in chosen for net, _ in found):
+        return []
+    merged: list[LayerDelta] = []  # deltas of found[:len(merged)], as the host merges them, built on demand
+
+    def running_before(index: int) -> torch.Tensor:
+        while len(merged) < index:
+            module = found[len(merged)][1]
+            plain = _is_plain_lora(module, layer)
+            merged.append(_low_rank(module) if plain else _dense(module, layer, running_before(len(merged))))
+        running = original_weight(layer)[0].float()
+        for d in merged[:index]:
+            running = running + d.dense().weight.to(running)
+        return running.to(layer.weight.dtype)
+
+    out: list[LayerDelta] = []
+    for index, (net, module) in enumerate(found):
+        if id(net) not in chosen:
             continue
-        if id(net) in chosen and _is_plain_lora(module, layer):
-            delta: LayerDelta = LowRankDelta(down=module.down_model.weight.detach(), up=module.up_model.weight.detach(),
-                                             scale=float(module.multiplier()) * float(module.calc_scale()))
+        if _is_plain_lora(module, layer):
+            delta: LayerDelta = _low_rank(module)
+        elif index < len(merged):
+            delta = merged[index]
         else:
-            running = original_weight(layer)[0].float()
-            for d in before:
-                running = running + d.dense().weight.to(running)
-            delta = _dense(module, layer, running.to(layer.weight.dtype))
-        if id(net) in chosen:
-            out.append(delta)
-        before.append(delta)
+            delta = _dense(module, layer, running_before(index))
+            if len(merged) == index:
+                merged.append(delta)
+        out.append(delta)
     return out
+
+
+def _low_rank(module: Any) -> LowRankDelta:
+    return LowRankDelta(down=module.down_model.weight.detach(), up=module.up_model.weight.detach(),
+                        scale=float(module.multiplier()) * float(module.calc_scale()))
 
 
 def attention_deltas_for(layer: nn.MultiheadAttention, loaded: Sequence[Any], selected: Sequence[Any]) -> ParamDeltas:
