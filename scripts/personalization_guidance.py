@@ -32,6 +32,8 @@ if not log.handlers:  # the WebUI shows only warnings of other loggers; PG's one
     log.propagate = False
 TITLE = "Personalization Guidance"
 SESSION_ATTR = "pg_session"
+PASS_CHECKPOINT = "checkpoint of the hooked pass"  # key in the session's prepared state
+ERROR_ATTR = "pg_error"  # an input error found in `process`, raised when sampling starts
 BASE_CACHE = DeltaCache(size=1)
 
 
@@ -91,21 +93,46 @@ def request_error(p, error: Exception) -> Exception:
 
 # -- per-job plumbing -------------------------------------------------------------------------------
 
-def _guard_sample(p, session: GuidanceSession | None, error: Exception | None) -> None:
-    """Wrap this job's `p.sample`: refuse bad input before sampling; always remove PG's hooks after."""
-    original = p.sample
+def _guard_sample(p) -> None:
+    """Wrap `p.sample` once per processing object: refuse bad input before sampling, close PG after it.
+
+    The wrapper reads the job's state from `p` when it runs, so loopback and SD upscale, which call
+    `process_images` on the same object again and again, get one wrapper and only the current job's
+    session. A copy of a wrapped object (X/Y/Z cells are `copy(p)`) gets a wrapper of its own around
+    its own `sample`.
+    """
+    current = p.sample
+    if getattr(current, "pg_owner", None) is p:
+        return
+    inner = getattr(current, "pg_inner", current)
+    owner = getattr(current, "pg_owner", None)
+    if owner is not None and getattr(inner, "__self__", None) is owner:
+        inner = inner.__func__.__get__(p)  # the copied object's own method, not the original's
 
     def sample(*args, **kwargs):
+        error = getattr(p, ERROR_ATTR, None)
         if error is not None:
             raise request_error(p, error)
+        session = getattr(p, SESSION_ATTR, None)
         try:
             _check_selection(p, session)
-            return original(*args, **kwargs)
+            return inner(*args, **kwargs)
         finally:
             if session is not None:
+                _note_missed_steps(p, session)
                 session.close()
 
+    sample.pg_owner, sample.pg_inner = p, inner
     p.sample = sample
+
+
+def _note_missed_steps(p, session: GuidanceSession) -> None:
+    """Say in the infotext when some steps ran as plain CFG because their rows could not be identified."""
+    missed = session.steps_missed
+    if missed:
+        total = missed + session.steps_routed
+        _note(p, f"the weak rows could not be identified in {missed} of {total} guided steps (another "
+                 "extension changed the conditioning?): those steps ran as plain CFG")
 
 
 def _loaded_networks() -> list:
@@ -168,7 +195,12 @@ def _base_deltas(settings: Settings, sd_model, unet) -> dict:
     if loaded is not None and os.path.abspath(loaded.filename) == os.path.abspath(info.filename):
         raise SettingsError("base_checkpoint", settings.base_checkpoint, "must differ from the loaded checkpoint")
     low = settings.base_mode == "low-memory"
-    key = (id(unet), getattr(loaded, "filename", None), info.filename, os.path.getmtime(info.filename), low)
+    try:
+        modified = os.path.getmtime(info.filename)
+    except OSError:
+        raise SettingsError("base_checkpoint", info.title, "is in the WebUI's checkpoint list but its file is "
+                            "gone: refresh the list or pick another checkpoint") from None
+    key = (id(unet), getattr(loaded, "filename", None), info.filename, modified, low)
 
     def original(module, name):
         weight, bias = original_weight(module)
@@ -179,6 +211,12 @@ def _base_deltas(settings: Settings, sd_model, unet) -> dict:
         try:
             return checkpoint_deltas(unet, read_unet_tensors(info.filename), original=original, low_memory=low,
                                      energy=float(_opt("pg_low_memory_energy", 0.9)))
+        except CheckpointMismatch:
+            raise
+        except Exception as e:  # OSError, safetensors' header errors: the file is damaged or unreadable
+            # the message names the checkpoint, never the server's path (it reaches API clients)
+            raise SettingsError("base_checkpoint", info.title, "could not be read as a safetensors checkpoint "
+                                f"({type(e).__name__}): the file is damaged or incomplete") from None
         finally:
             _return_freed_memory()
 
@@ -272,16 +310,16 @@ class PersonalizationGuidanceScript(scripts.Script):
             if not _asks_for_pg(p, args):
                 return  # PG is off: a stale value (e.g. a deleted base checkpoint) must not break the job
             log.error("%s", e)
-            _guard_sample(p, None, e)
+            setattr(p, ERROR_ATTR, e)
+            _guard_sample(p)
             return
         if not settings.enabled:
             return
         p.extra_generation_params.update(settings.infotext())
         if not settings.active():
             return  # ω = 1: plain CFG exactly; the infotext still records that PG was on
-        session = GuidanceSession(settings)
-        setattr(p, SESSION_ATTR, session)
-        _guard_sample(p, session, None)
+        setattr(p, SESSION_ATTR, GuidanceSession(settings))
+        _guard_sample(p)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         session = getattr(p, SESSION_ATTR, None)
@@ -310,17 +348,35 @@ class PersonalizationGuidanceScript(scripts.Script):
         sd_model = shared.sd_model
         unet = sd_model.model.diffusion_model
         settings = session.settings
+        session.prepared[PASS_CHECKPOINT] = _checkpoint_file(sd_model)
         return session.begin_pass(
             unet=unet, text_layers=_encoder_layers(sd_model), loaded_networks=_loaded_networks(),
             encode_weak=lambda: _encode_weak(p, settings), extra_unet_deltas=_job_base_deltas(session),
             exact_weights=not _opt("lora_functional", False), empty_prompt=settings.weak_prompt == "empty",
-            keep_on_device=not getattr(sd_model, "lowvram", False))
+            keep_on_device=not _moves_blocks_per_call(sd_model))
 
     def postprocess(self, p, processed, *args):
         _release(p)
 
 
+def _checkpoint_file(sd_model) -> str | None:
+    info = getattr(sd_model, "sd_checkpoint_info", None)
+    return getattr(info, "filename", None)
+
+
+def _moves_blocks_per_call(sd_model) -> bool:
+    """--lowvram: the host moves each UNet block to the GPU only while it runs, so PG keeps no device copies.
+
+    The host sets `sd_model.lowvram` for --medvram too, but there the whole UNet stays on the GPU for
+    the sampling pass, and PG's per-pass caches are what keeps the weak rows as cheap as CFG.
+    """
+    return bool(getattr(sd_model, "lowvram", False) and getattr(shared.cmd_opts, "lowvram", False))
+
+
 def _release(p) -> None:
+    """End the object's previous PG job, if any (a job's end, or the start of the next one on the same `p`)."""
+    if hasattr(p, ERROR_ATTR):
+        delattr(p, ERROR_ATTR)
     session = getattr(p, SESSION_ATTR, None)
     if session is not None:
         session.end_job()
@@ -378,7 +434,9 @@ def on_cfg_denoiser(params) -> None:
     session = getattr(p, SESSION_ATTR, None)
     if session is None or session.router is None:
         return
-    if session.unet is not shared.sd_model.model.diffusion_model:
+    if (session.unet is not shared.sd_model.model.diffusion_model
+            or session.prepared.get(PASS_CHECKPOINT) != _checkpoint_file(shared.sd_model)):
+        # a refiner: another model object, or (checkpoint cache 1) new weights loaded into the same one
         _note(p, "off after a model switch (refiner) during sampling")
         session.end_pass()
         return
