@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Mapping, Optional
 import torch
 from torch import nn
 
+from .config import LOW_MEMORY_BUDGET
 from .deltas import DenseDelta, LayerDelta, LowRankDelta, is_supported, low_rank_approximation
 
 UNET_PREFIX = "model.diffusion_model."
@@ -70,7 +71,7 @@ def _describe(shape: torch.Size, name: str) -> str:
 
 def checkpoint_deltas(unet: nn.Module, base: Mapping[str, torch.Tensor] | Iterator[tuple[str, torch.Tensor]],
                       original: Optional[Callable[[nn.Module, str], torch.Tensor]] = None,
-                      low_memory: bool = False, energy: float = 0.9, budget: float = 0.12) -> CheckpointDeltas:
+                      low_memory: bool = False, energy: float = 0.9, budget: float = LOW_MEMORY_BUDGET) -> CheckpointDeltas:
     """D = loaded − base for every UNet tensor that differs, grouped by layer.
 
     `original(module, param_name)` gives the loaded checkpoint's own value of a parameter when the host

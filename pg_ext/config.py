@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 WEAK_PROMPTS = ("negative", "empty")
 BASE_MODES = ("exact", "low-memory")
@@ -98,25 +98,38 @@ class Field:
     help: str
 
 
+LOW_MEMORY_BUDGET = 0.12  # low-memory base mode: each weight's factors take at most this share of its size
+
+# The one place each control's help is written: UI tooltips, the Settings page and the README's table
+# (tests/unit/test_docs.py keeps the README in step) all come from here.
 FIELDS: tuple[Field, ...] = (
     Field("enabled", "Enable Personalization Guidance", None, False, _as_bool,
-          "Off by default; when on, CFG's unconditional branch comes from the weak model."),
+          "PG on/off (the accordion's header). When on, CFG's unconditional branch comes from a weak model "
+          "between the base and your personalized model; ω = 1 is plain CFG."),
     Field("omega", "ω (weak model strength)", "PG omega", 0.5, _as_fraction,
-          "1 = plain CFG; 0.4-0.6 balances subject and prompt; 0-0.3 for most subject fidelity."),
+          "1 = plain CFG; 0.4–0.6 balances subject and prompt, 0–0.3 for most subject fidelity (the paper's "
+          "ranges; 0.5, the middle of its balanced range, is a safe start). The default can be changed in Settings."),
     Field("loras", "Personalization LoRAs", "PG LoRAs", (), _as_names,
-          "Comma-separated LoRA names from the prompt that carry the subject; empty = all of them."),
+          "Comma-separated names (prompt name, file name or alias) of the LoRAs in the prompt that carry the "
+          "subject; empty = every LoRA in the prompt. The others (a style, a detail tweaker) keep full strength "
+          "in both branches."),
     Field("weak_prompt", "Weak branch prompt", "PG weak prompt", "negative", _as_choice(WEAK_PROMPTS),
-          "'negative': the weak model sees your negative prompt; 'empty': the paper's null prompt."),
+          "'negative': the weak model sees your negative prompt, so ω = 1 is exactly the CFG you know; "
+          "'empty': the paper's null prompt."),
     Field("start", "Start at", "PG start", 0.0, _as_fraction,
-          "Fraction of the sampling steps at which PG starts; before it, plain CFG."),
+          "Fraction of the sampling steps at which PG starts; plain CFG before."),
     Field("end", "End at", "PG end", 1.0, _as_fraction,
-          "Fraction of the sampling steps after which PG stops; after it, plain CFG."),
+          "Fraction of the sampling steps after which PG stops; plain CFG after. Must be above 'Start at'."),
     Field("hires", "Also in the hires. fix pass", "PG hires", True, _as_bool,
-          "Run PG in the second (hires. fix) pass too."),
+          "Run PG in the hires. fix second pass too (the default can be changed in Settings)."),
     Field("base_checkpoint", "Base checkpoint (DreamBooth)", "PG base", "", _as_text,
-          "For a DreamBooth checkpoint: the checkpoint it was trained from; empty = LoRA mode only."),
+          "For a DreamBooth checkpoint: the checkpoint it was trained from (title, name or short hash from the "
+          "WebUI's list); empty or None = LoRA mode only. With a LoRA in the prompt too, the weak branch "
+          "interpolates both."),
     Field("base_mode", "Base checkpoint mode", "PG base mode", "exact", _as_choice(BASE_MODES),
-          "'exact': one extra UNet of memory; 'low-memory': low-rank difference, ≤15% of a UNet."),
+          "'exact': the weak rows use θ_ω exactly (memory: the UNet weights that differ, once more); "
+          f"'low-memory': a low-rank approximation of θ' − θ in at most {LOW_MEMORY_BUDGET:.0%} of the UNet's "
+          "memory, its error logged."),
 )
 NOTE_KEY = "PG note"  # one line when PG was asked for but ran as plain CFG, and why
 INFOTEXT_KEYS: tuple[str, ...] = tuple(f.infotext for f in FIELDS if f.infotext) + (NOTE_KEY,)
@@ -201,11 +214,6 @@ class Settings:
             if f.infotext and f.infotext in params:
                 values[f.name] = params[f.infotext]
         return cls.from_values(values)
-
-
-def settings_names(fields: Iterable[Field] = FIELDS) -> list[str]:
-    """API names in positional order (documented in the README)."""
-    return [f.name for f in fields]
 
 
 OVERRIDES_ATTR = "personalization_guidance"  # on a processing object: name -> value, read by the script

@@ -7,6 +7,7 @@ wrapped so that the hooks are removed in `finally`, whatever happens during samp
 from __future__ import annotations
 
 import ctypes
+import html
 import logging
 import os
 import sys
@@ -265,9 +266,7 @@ class PersonalizationGuidanceScript(scripts.Script):
         defaults = _defaults()
         f = FIELD_BY_NAME
         with InputAccordion(False, label=TITLE, elem_id=self.elem_id("enabled")) as enabled:
-            gr.HTML("<p class='pg-help'>Steers CFG toward your LoRA/DreamBooth subject while keeping the prompt: "
-                    "the unconditional branch comes from a weak model between the base and your model. "
-                    "ω = 1 is plain CFG.</p>")
+            gr.HTML(f"<p class='pg-help'>{html.escape(f['enabled'].help)}</p>")
             with gr.Row():
                 omega = gr.Slider(0.0, 1.0, value=defaults.omega, step=0.01, label=f["omega"].label,
                                   elem_id=self.elem_id("omega"), tooltip=f["omega"].help)
@@ -522,7 +521,7 @@ def on_ui_settings() -> None:
     options = {
         "pg_default_omega": shared.OptionInfo(0.5, "Default ω (weak model strength) for new sessions", gr.Slider,
                                               {"minimum": 0.0, "maximum": 1.0, "step": 0.01}).info(
-            "1 = plain CFG; the paper suggests 0.4-0.6 to balance, 0-0.3 for most subject fidelity; reload UI"),
+            FIELD_BY_NAME["omega"].help.split(" The default")[0]).needs_reload_ui(),
         "pg_hires_default": shared.OptionInfo(True, "Run PG in the hires. fix pass by default").needs_reload_ui(),
         "pg_base_cache_size": shared.OptionInfo(1, "Base checkpoints kept in memory between jobs", gr.Slider,
                                                 {"minimum": 0, "maximum": 4, "step": 1}).info(
