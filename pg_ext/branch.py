@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .deltas import DenseDelta, LayerDelta, LowRankDelta, layer_op, sum_dense
-from .rows import row_index
+from .rows import RowLayout, WeakRows
 
 log = logging.getLogger("personalization_guidance")
 
@@ -38,7 +38,7 @@ class ParamDeltas(dict):
 
 
 class WeakBranch:
-    """Per-layer hooks that make the weak rows of each call see θ_ω; set `mask` per call."""
+    """Per-layer hooks that make the weak rows of each call see θ_ω; set `rows` (or `mask`) per call."""
 
     def __init__(self, omega: float, deltas: Mapping[nn.Module, Sequence[LayerDelta] | ParamDeltas],
                  exact_weights: bool = False, keep_on_device: bool = True):
@@ -50,11 +50,27 @@ class WeakBranch:
         self.exact_weights = exact_weights
         # lowvram: the host moves each block to the GPU only while it runs; so do we (no device caches)
         self.keep_on_device = keep_on_device
-        self.mask: Optional[torch.Tensor] | str = None  # [n] bool for the current call, ALL_ROWS, or None
+        self.rows: Optional[WeakRows] = None  # the weak rows of the current call; None = none
         self._handles: list = []
         self._stash: dict[int, tuple] = {}
         self._weak_params: dict[int, tuple] = {}
         self._recomputing = False
+
+    @property
+    def mask(self) -> Optional[WeakRows]:
+        return self.rows
+
+    @mask.setter
+    def mask(self, mask: Optional[torch.Tensor] | str) -> None:
+        """[n] bool (read to the host here, once), ALL_ROWS, or None."""
+        if mask is None:
+            self.rows = None
+        elif isinstance(mask, str):
+            if mask != ALL_ROWS:
+                raise ValueError(f"mask must be a bool tensor, None or {ALL_ROWS!r}, got {mask!r}")
+            self.rows = WeakRows.every_row()
+        else:
+            self.rows = WeakRows.from_mask(mask)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -73,13 +89,17 @@ class WeakBranch:
         return self
 
     def detach(self) -> None:
-        """Remove every hook and drop cached weights; the layers are exactly as before `attach`."""
+        """Remove every hook and drop cached weights and device copies; the layers are exactly as before."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._stash.clear()
         self._weak_params.clear()
-        self.mask = None
+        for deltas in self.deltas.values():
+            if not isinstance(deltas, ParamDeltas):
+                for delta in deltas:
+                    delta.release()  # the deltas may live on in a cache between jobs; their device copies must not
+        self.rows = None
 
     def __enter__(self) -> "WeakBranch":
         return self.attach()
@@ -93,75 +113,78 @@ class WeakBranch:
 
     def cache_bytes(self) -> int:
         """Bytes held by cached θ_ω weights (exact-weights layers seen so far)."""
-        return sum(t.numel() * t.element_size() for pair in self._weak_params.values() for t in pair if t is not None)
+        return sum(t.numel() * t.element_size() for entry in self._weak_params.values() for t in entry[1]
+                   if t is not None)
 
     # -- rows ------------------------------------------------------------------------------------
 
-    def _index(self, rows: int) -> Optional[torch.Tensor]:
-        if self.mask is None:
-            return None
-        if isinstance(self.mask, str):
-            return torch.arange(rows)
-        return row_index(self.mask, rows)
+    def _layout(self, x: torch.Tensor) -> Optional[RowLayout]:
+        rows = self.rows
+        return None if rows is None else rows.layout(x.shape[0], x.device)
 
     # -- additive path ---------------------------------------------------------------------------
 
     def _additive_hook(self, layer: nn.Module, args: tuple, output: torch.Tensor):
-        index = self._index(output.shape[0])
-        if index is None:
+        at = self._layout(output)
+        if at is None:
             return None
-        index = index.to(output.device)
-        x = args[0].index_select(0, index)
+        x = args[0]
+        x = x.narrow(0, at.first, at.count) if at.is_block else x.index_select(0, at.weak)
         correction = sum(d.contribution(layer, x, self.keep_on_device) for d in self.deltas[layer])
         correction = correction.to(output.dtype)
         if output.requires_grad and torch.is_grad_enabled():
+            index = at.weak if not at.is_block else torch.arange(at.first, at.first + at.count, device=output.device)
             return output.index_add(0, index, correction, alpha=-self.keep)
-        output.index_add_(0, index, correction, alpha=-self.keep)
+        if at.is_block:
+            output.narrow(0, at.first, at.count).sub_(correction, alpha=self.keep)
+        else:
+            output.index_add_(0, at.weak, correction, alpha=-self.keep)
         return None
 
     # -- exact-weights path ----------------------------------------------------------------------
 
     def _split_pre_hook(self, layer: nn.Module, args: tuple):
         x = args[0]
-        index = self._index(x.shape[0])
-        if index is None:
+        at = self._layout(x)
+        if at is None:
             self._stash.pop(id(layer), None)
             return None
-        index = index.to(x.device)
-        first, count = int(index[0]), index.numel()
-        if int(index[-1]) - first + 1 == count:
+        if at.is_block:
             # the usual layout: the weak rows are one block (A1111 puts uncond last); views, no gather
-            self._stash[id(layer)] = (x.narrow(0, first, count), (first, count))
+            first, count = at.first, at.count
+            self._stash[id(layer)] = (x.narrow(0, first, count), at)
             rest = [x.narrow(0, 0, first), x.narrow(0, first + count, x.shape[0] - first - count)]
             rest = [r for r in rest if r.shape[0]]
             kept = rest[0] if len(rest) == 1 else torch.cat(rest) if rest else x.narrow(0, 0, 0)
             return (kept,) + tuple(args[1:])
-        keep = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        keep[index] = False
-        self._stash[id(layer)] = (x.index_select(0, index), (index, keep))
-        return (x[keep],) + tuple(args[1:])
+        self._stash[id(layer)] = (x.index_select(0, at.weak), at)
+        return (x.index_select(0, at.kept),) + tuple(args[1:])
 
     def _split_hook(self, layer: nn.Module, args: tuple, output: torch.Tensor):
         stashed = self._stash.pop(id(layer), None)
         if stashed is None:
             return None
-        x_weak, where = stashed
+        x_weak, at = stashed
         weight, bias = self._weak_weights(layer, x_weak)
         weak = layer_op(layer, x_weak, weight, bias).to(output.dtype)
-        if isinstance(where[0], int):
-            first, _ = where
-            return torch.cat([output.narrow(0, 0, first), weak, output.narrow(0, first, output.shape[0] - first)])
-        index, keep = where
-        full = output.new_empty((keep.shape[0],) + tuple(weak.shape[1:]))
-        full[keep] = output
-        full[index] = weak
+        if at.is_block:
+            first = at.first
+            parts = [output.narrow(0, 0, first), weak, output.narrow(0, first, output.shape[0] - first)]
+            return torch.cat([p for p in parts if p.shape[0]])
+        full = output.new_empty((at.rows,) + tuple(weak.shape[1:]))
+        full.index_copy_(0, at.kept, output)
+        full.index_copy_(0, at.weak, weak)
         return full
 
     def _weak_weights(self, layer: nn.Module, x: torch.Tensor) -> tuple:
-        """W_ω = W' − (1 − ω)·D for this layer, computed once from the weights the host merged."""
+        """W_ω = W' − (1 − ω)·D for this layer, computed once per device and dtype from the weights the host merged."""
+        dtype = x.dtype if x.is_floating_point() else layer.weight.dtype
+        if isinstance(layer, nn.GroupNorm):
+            dtype = torch.float32  # computed in float32, like GroupNorm32
+        key = (x.device, dtype)
         cached = self._weak_params.get(id(layer))
-        if cached is not None and cached[0].device == x.device:
-            return cached
+        if cached is not None and cached[0] == key:
+            return cached[1]
         delta = sum_dense(list(self.deltas[layer]))
         weight = layer.weight.detach().to(device=x.device, dtype=torch.float32)
         if delta.weight is not None:
@@ -170,20 +193,18 @@ class WeakBranch:
         if delta.bias is not None:
             d_bias = self.keep * delta.bias.to(device=x.device, dtype=torch.float32)
             bias = -d_bias if bias is None else bias - d_bias
-        dtype = x.dtype if x.is_floating_point() else layer.weight.dtype
-        if isinstance(layer, nn.GroupNorm):
-            dtype = torch.float32  # computed in float32, like GroupNorm32
-        cached = (weight.to(dtype), None if bias is None else bias.to(dtype))
+        params = (weight.to(dtype), None if bias is None else bias.to(dtype))
         if self.keep_on_device:
-            self._weak_params[id(layer)] = cached
-        return cached
+            self._weak_params[id(layer)] = (key, params)
+        return params
 
     # -- non-affine modules (text encoder attention) ----------------------------------------------
 
     def _recompute_hook(self, module: nn.Module, args: tuple, kwargs: dict, output):
-        if self.mask is None or self._recomputing:
+        rows = self.rows
+        if rows is None or self._recomputing:
             return None
-        if self.mask is not ALL_ROWS and not (isinstance(self.mask, torch.Tensor) and bool(self.mask.all())):
+        if rows.n is not None and len(rows.weak) != rows.n:
             log.warning("PG: %s is corrected only when every row is weak; left as is", type(module).__name__)
             return None
         params = dict(module.named_parameters())

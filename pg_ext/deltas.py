@@ -62,6 +62,10 @@ class DenseDelta:
     def dense(self) -> "DenseDelta":
         return self
 
+    def release(self) -> None:
+        """Drop the device copy made for a run (the delta itself may stay cached between jobs)."""
+        self._placed.clear()
+
     def scaled(self, factor: float) -> "DenseDelta":
         return DenseDelta(None if self.weight is None else self.weight * factor,
                           None if self.bias is None else self.bias * factor)
@@ -101,6 +105,10 @@ class LowRankDelta:
             out = out + bias.reshape(shape)
         return out
 
+    def release(self) -> None:
+        """Drop the device copy made for a run (the delta itself may stay cached between jobs)."""
+        self._placed.clear()
+
     def dense(self) -> DenseDelta:
         """The same difference as a full matrix (for merging or the exact-weights path)."""
         up, down = self.up.float(), self.down.float()
@@ -137,6 +145,9 @@ class _Placed:
         if key != self.key:
             self.key, self.tensors = key, tuple(_like(t, x) for t in tensors)
         return self.tensors
+
+    def clear(self) -> None:
+        self.key, self.tensors = (), ()
 
 
 def sum_dense(deltas: list[LayerDelta]) -> DenseDelta:

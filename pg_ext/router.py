@@ -1,9 +1,10 @@
 """Routes the rows of each UNet call: flags the weak rows for the `WeakBranch` before the call, clears after.
 
 A forward pre-hook on the UNet module reads the call's conditioning (`context`, the cross-attention
-input of ldm's and sgm's UNetModel, and of the project's miniature model) and asks the step's
-`StepRows` which rows are weak. Calls that bypass the module's `__call__` (ControlNet reference-only
-passes) see no mask and run as the personalized model.
+input of ldm's and sgm's UNetModel, and of the project's miniature model), asks the step's `StepRows`
+which rows are weak and reads them to the host once (`WeakRows`): the per-layer hooks then work from
+those ints without touching the device. Calls that bypass the module's `__call__` (ControlNet
+reference-only passes) see no rows and run as the personalized model.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from .branch import WeakBranch
-from .rows import StepRows
+from .rows import StepRows, WeakRows
 
 
 def context_argument(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
@@ -24,13 +25,26 @@ def context_argument(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
     return context if isinstance(context, torch.Tensor) else None
 
 
+def _batch_rows(args: tuple, kwargs: dict) -> int:
+    x = args[0] if args else kwargs.get("x")
+    return x.shape[0] if isinstance(x, torch.Tensor) and x.dim() > 0 else 0
+
+
 class UNetRowRouter:
-    """Owns the UNet-level hooks of one sampling run; `begin_step` is called once per CFG step."""
+    """Owns the UNet-level hooks of one sampling run; `begin_step` is called once per CFG step.
+
+    Counts the active steps: `steps_routed` found weak rows in their calls; `steps_missed` ran uncond
+    rows through the UNet (more rows than the step's cond rows) but none of them could be identified.
+    """
 
     def __init__(self, unet: nn.Module, branch: WeakBranch,
                  context_of: Callable[[tuple, dict], Optional[torch.Tensor]] = context_argument):
         self.unet, self.branch, self.context_of = unet, branch, context_of
         self.step: Optional[StepRows] = None
+        self.steps_routed = 0
+        self.steps_missed = 0
+        self._rows_in_step = 0  # rows of the current step through UNet calls
+        self._weak_in_step = 0  # of those, identified as weak
         self._handles: list = []
 
     def attach(self) -> "UNetRowRouter":
@@ -47,7 +61,7 @@ class UNetRowRouter:
             handle.remove()
         self._handles.clear()
         self.branch.detach()
-        self.step = None
+        self._end_step()
 
     def __enter__(self) -> "UNetRowRouter":
         return self.attach()
@@ -57,13 +71,37 @@ class UNetRowRouter:
 
     def begin_step(self, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor]) -> None:
         """Start a CFG step with its cond [R, T, D] and uncond [B, T', D] rows; None = plain CFG step."""
+        self._end_step()
         self.step = None if cond is None or uncond is None else StepRows(cond, uncond)
 
+    def pending(self) -> tuple[int, int]:
+        """(routed, missed) of the step in progress so far: (0, 0) when it is inactive or had no uncond rows."""
+        step = self.step
+        if step is None or step.uncond.shape[0] == 0:
+            return 0, 0
+        if self._weak_in_step:
+            return 1, 0
+        return (0, 1) if self._rows_in_step > step.cond.shape[0] else (0, 0)
+
+    def _end_step(self) -> None:
+        routed, missed = self.pending()
+        self.steps_routed += routed
+        self.steps_missed += missed
+        self.step = None
+        self._rows_in_step = self._weak_in_step = 0
+
     def _before_call(self, module: nn.Module, args: tuple, kwargs: dict):
-        context = self.context_of(args, kwargs)
-        self.branch.mask = None if self.step is None or context is None else self.step.weak_rows(context)
+        rows = None
+        if self.step is not None:
+            self._rows_in_step += _batch_rows(args, kwargs)
+            context = self.context_of(args, kwargs)
+            if context is not None:
+                found = WeakRows.from_mask(self.step.weak_rows(context))
+                self._weak_in_step += found.count or 0
+                rows = found if found.count else None
+        self.branch.rows = rows
         return None
 
     def _after_call(self, module: nn.Module, args: tuple, output):
-        self.branch.mask = None
+        self.branch.rows = None
         return None

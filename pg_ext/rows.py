@@ -6,11 +6,15 @@ no uncond rows at all on NGMS / skip-early-CFG steps, tiles repeated by Tiled Di
 identified by its *conditioning*, compared with the step's cond and uncond tensors; only a row whose
 conditioning equals both (the prompt equals the negative prompt) falls back to its position in the
 step's row layout [R cond rows, B uncond rows], counted over the calls of the step.
+
+The weak rows are read to the host once per UNet call (`WeakRows.from_mask`, one device->host copy);
+every hooked layer then gets a `RowLayout` for its own batch size built from those ints: narrow views
+for a block of rows, or index tensors made once per call; no layer ever waits for the device.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -52,19 +56,70 @@ class StepRows:
         return is_uncond & (~is_cond | by_position)
 
 
-def row_index(mask: Optional[torch.Tensor], rows: int) -> Optional[torch.Tensor]:
-    """Indices of weak rows for a layer whose batch has `rows` rows.
+@dataclasses.dataclass
+class RowLayout:
+    """Weak rows of one layer's batch of `rows` rows: a block [first, first + count) or index tensors."""
 
-    Layers inside attention may see the call's batch repeated b-major (HyperTile splits each image
-    into tiles along the batch): the mask is expanded with repeat_interleave. None when there is
-    nothing to correct or the batch does not fit the mask.
+    rows: int
+    count: int
+    first: Optional[int]  # set when the weak rows are one contiguous block (A1111's usual layout)
+    weak: Optional[torch.Tensor] = None  # [count] long, on the layer's device; None for a block
+    kept: Optional[torch.Tensor] = None  # [rows - count] long, the other rows in order; None for a block
+
+    @property
+    def is_block(self) -> bool:
+        return self.first is not None
+
+
+class WeakRows:
+    """The weak rows of one UNet call of `n` rows, as host-side ints (n=None: every row of every layer).
+
+    Layers inside attention may see the call's batch repeated b-major (HyperTile splits each image into
+    tiles along the batch): a layer with rows = k·n gets row i's k copies. A layer whose batch is not a
+    multiple of n gets None (left as is).
     """
-    if mask is None:
-        return None
-    n = mask.shape[0]
-    if n == 0 or rows % n != 0:
-        return None
-    if rows != n:
-        mask = mask.repeat_interleave(rows // n)
-    index = mask.nonzero().flatten()
-    return index if index.numel() else None
+
+    def __init__(self, weak: Sequence[int], n: Optional[int]):
+        self.weak = tuple(int(i) for i in weak)
+        self.n = n
+        self._layouts: dict[tuple, Optional[RowLayout]] = {}
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> "WeakRows":
+        """From an [n] bool mask: the one device->host copy of a UNet call."""
+        flags = mask.detach().to("cpu")
+        return cls(flags.nonzero().flatten().tolist(), flags.shape[0])
+
+    @classmethod
+    def every_row(cls) -> "WeakRows":
+        return cls((), None)
+
+    @property
+    def count(self) -> Optional[int]:
+        """Weak rows of the call (None: all rows, whatever the batch)."""
+        return None if self.n is None else len(self.weak)
+
+    def layout(self, rows: int, device: torch.device) -> Optional[RowLayout]:
+        """The layout for a layer whose batch has `rows` rows on `device`; None when nothing to correct."""
+        key = (rows, device)
+        if key not in self._layouts:
+            self._layouts[key] = self._build(rows, device)
+        return self._layouts[key]
+
+    def _build(self, rows: int, device: torch.device) -> Optional[RowLayout]:
+        if self.n is None:
+            return RowLayout(rows, rows, 0) if rows else None
+        if not self.weak or self.n == 0 or rows % self.n != 0:
+            return None
+        k = rows // self.n
+        weak = [i * k + j for i in self.weak for j in range(k)]
+        if weak[-1] - weak[0] + 1 == len(weak):
+            return RowLayout(rows, len(weak), weak[0])
+        chosen = set(weak)
+        kept = [i for i in range(rows) if i not in chosen]
+        # built once per call and device from host ints; non_blocking: no wait for the device queue
+        return RowLayout(rows, len(weak), None, _long(weak, device), _long(kept, device))
+
+
+def _long(values: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)

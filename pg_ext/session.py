@@ -51,6 +51,25 @@ class GuidanceSession:
         self.plan: Optional[PassPlan] = None
         # what the adapter computes once per job (e.g. base-checkpoint differences keyed by the loaded model)
         self.prepared: dict[Any, Any] = {}
+        self._routed = 0  # finished passes' counts; see steps_routed / steps_missed
+        self._missed = 0
+
+    @property
+    def steps_routed(self) -> int:
+        """Active CFG steps of this job (all passes so far) in whose UNet calls weak rows were found."""
+        if self.router is None:
+            return self._routed
+        return self._routed + self.router.steps_routed + self.router.pending()[0]
+
+    @property
+    def steps_missed(self) -> int:
+        """Active CFG steps of this job whose uncond rows reached the UNet but none was identified as weak.
+
+        Such a step ran as plain CFG (an extension rewrote the conditioning, an uneven batch, ...).
+        """
+        if self.router is None:
+            return self._missed
+        return self._missed + self.router.steps_missed + self.router.pending()[1]
 
     def select(self, loaded_networks: Sequence[Any]) -> list[Any]:
         """The personalization networks among the loaded ones; unknown names are an input error."""
@@ -105,6 +124,8 @@ class GuidanceSession:
         """Remove every hook of the current pass (idempotent)."""
         if self.router is not None:
             self.router.detach()
+            self._routed += self.router.steps_routed
+            self._missed += self.router.steps_missed
         self.router = None
 
     def close(self) -> None:
@@ -116,3 +137,4 @@ class GuidanceSession:
         """End of the job: also drop what was prepared for it (the memory is freed now, not at GC)."""
         self.close()
         self.prepared.clear()
+        self._routed = self._missed = 0

@@ -1,7 +1,7 @@
 """Row identification for every way A1111 batches CFG's rows (modules/sd_samplers_cfg_denoiser.py)."""
 import torch
 
-from pg_ext.rows import StepRows, row_index
+from pg_ext.rows import StepRows, WeakRows
 
 
 def conds(rows, tokens=77, dim=8, seed=0):
@@ -72,9 +72,35 @@ def test_foreign_rows_are_left_alone():
     assert classify(step, [conds(2, seed=5)]) == [False, False]
 
 
-def test_row_index_expands_b_major_and_rejects_misfits():
-    mask = torch.tensor([True, False])
-    assert row_index(mask, 2).tolist() == [0]
-    assert row_index(mask, 6).tolist() == [0, 1, 2]
-    assert row_index(mask, 5) is None
-    assert row_index(torch.tensor([False, False]), 2) is None
+def _rows_of(layout):
+    """The weak row numbers a layout describes, read back for the assertions."""
+    if layout is None:
+        return None
+    if layout.is_block:
+        return list(range(layout.first, layout.first + layout.count))
+    return layout.weak.tolist()
+
+
+def test_layout_expands_b_major_and_rejects_misfits():
+    cpu = torch.device("cpu")
+    rows = WeakRows.from_mask(torch.tensor([True, False]))
+    assert _rows_of(rows.layout(2, cpu)) == [0]
+    assert _rows_of(rows.layout(6, cpu)) == [0, 1, 2]
+    assert rows.layout(6, cpu).is_block
+    assert rows.layout(5, cpu) is None
+    assert WeakRows.from_mask(torch.tensor([False, False])).layout(2, cpu) is None
+
+
+def test_layout_of_interleaved_rows_has_both_index_sets():
+    cpu = torch.device("cpu")
+    rows = WeakRows.from_mask(torch.tensor([False, True, False, True]))
+    at = rows.layout(4, cpu)
+    assert not at.is_block and at.weak.tolist() == [1, 3] and at.kept.tolist() == [0, 2]
+    at = rows.layout(8, cpu)  # each row repeated twice, b-major
+    assert at.weak.tolist() == [2, 3, 6, 7] and at.kept.tolist() == [0, 1, 4, 5]
+    assert rows.layout(4, cpu) is rows.layout(4, cpu)  # built once per call
+
+
+def test_every_row_is_one_block_of_any_size():
+    at = WeakRows.every_row().layout(7, torch.device("cpu"))
+    assert at.is_block and (at.first, at.count) == (0, 7)

@@ -109,3 +109,21 @@ def materialize_weak(base: nn.Module, tuned: nn.Module, omega: float) -> nn.Modu
         for (name, p), (_, b) in zip(weak.named_parameters(), base.named_parameters()):
             p.copy_(torch.lerp(b, p, omega))
     return weak
+
+
+class StackedTinyUNet(TinyUNet):
+    """TinyUNet with `depth` extra ResBlock + TransformerBlock pairs: many more hooked layers, same contract."""
+
+    def __init__(self, depth: int, channels: int = 16, context_dim: int = 12, in_channels: int = 4):
+        super().__init__(channels, context_dim, in_channels)
+        self.stack = nn.ModuleList(nn.ModuleList([ResBlock(channels, channels), TransformerBlock(channels, context_dim)])
+                                   for _ in range(depth))
+
+    def forward(self, x, timesteps=None, context=None, **kwargs):
+        emb = self.time_embed(self.timestep_embedding(timesteps))
+        h = self.res(self.conv_in(x), emb)
+        for res, attn in self.stack:
+            h = attn(res(h, emb), context)
+        h = self.attn(h, context)
+        h = h + self.up(self.mid(self.down(h), context))
+        return self.out(h)
