@@ -1,52 +1,45 @@
-"""Puts the A1111 stand-in (tests/host/standin) first on sys.path and provides fixtures for host-level tests.
+"""Host-level tests run PG's script on our double of the A1111 v1.10.1 host (tests/host/double).
 
-Fixtures:
-  standin_host  fresh stand-in host state + tiny model as shared.sd_model (checkpoint saved in tmp_path/ckpt)
-  lora_host     standin_host + the stand-in Lora extension installed (networks.install/uninstall)
+Fixture `host`: fresh host state, the tiny model as shared.sd_model saved as ckpt/base.safetensors (the
+loaded checkpoint), the Lora double installed; everything undone afterwards.
 """
 import os
 import sys
 
-STANDIN_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standin")
-if STANDIN_PATH not in sys.path:
-    sys.path.insert(0, STANDIN_PATH)
+DOUBLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "double")
+if DOUBLE not in sys.path:
+    sys.path.insert(0, DOUBLE)
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
-import networks  # noqa: E402,F401  (registers the Lora options like the built-in extension does at import)
-import standin_host as _standin_host_module  # noqa: E402
-
-_standin_host_module.snapshot_options()
+import networks  # noqa: E402
+from modules import script_callbacks, scripts, sd_models, shared  # noqa: E402
+from tiny_sd import TinySD  # noqa: E402
 
 
 @pytest.fixture
-def standin_host_model(tmp_path):
-    """The fresh StandinSdModel (shared.sd_model) after resetting the stand-in host.
-
-    torch runs single-threaded meanwhile: for this tiny model thread pools cost ~100x (seen on a 2-core box).
-    """
-    import torch
+def host(tmp_path):
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # this tiny model is ~100x slower with thread pools on a 2-core box
+    shared.opts.data.clear()
+    shared.opts.data.update(shared.DEFAULT_OPTIONS)
+    shared.opts.data_labels.clear()
+    shared.state.interrupted = False
+    shared.cmd_opts.lowvram = shared.cmd_opts.medvram = False
+    shared.cmd_opts.ckpt_dir = str(tmp_path / "ckpt")
+    script_callbacks.clear_callbacks()
+    scripts.scripts_data.clear()
+    scripts.reported.clear()
+    shared.sd_model = TinySD()
+    sd_models.save_checkpoint(shared.sd_model, str(tmp_path / "ckpt" / "base.safetensors"))
+    sd_models.list_models()
+    shared.sd_model.sd_checkpoint_info = sd_models.get_closet_checkpoint_match("base")
+    shared.opts.sd_model_checkpoint = shared.sd_model.sd_checkpoint_info.title
+    networks.install()
     try:
-        yield _standin_host_module.reset_host(tmp_path / "ckpt")
+        yield shared.sd_model
     finally:
+        networks.uninstall()
+        script_callbacks.clear_callbacks()
         torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def standin_host(standin_host_model):
-    """The standin_host helper module, after a reset (shared.sd_model is a new tiny model)."""
-    yield _standin_host_module
-
-
-@pytest.fixture
-def lora_host(standin_host):
-    """The stand-in `networks` module with its torch patches installed; uninstalled (weights restored) afterwards."""
-    import networks as nets
-    nets.install()
-    try:
-        yield nets
-    finally:
-        nets.uninstall()
-        nets.unregister_all()

@@ -1,5 +1,5 @@
-"""Every PG setting round-trips through an infotext written and parsed by the WebUI's rules (stand-in of
-modules/infotext_utils.py and processing.create_infotext's quoting)."""
+"""Every PG setting round-trips through an infotext written and parsed by the WebUI's rules (our double's
+infotext_utils: quoting and parsing as tests/webui/test_host_contract.py checks them live)."""
 from hypothesis import given, strategies as st
 
 from modules.infotext_utils import parse_generation_parameters, quote
