@@ -44,6 +44,24 @@ def _ensure_extra_loras(client) -> None:
     assert "pg_other_lora" in names, names
 
 
+@pytest.fixture(scope="session")
+def loaded_family(webui_url) -> str:
+    """The harness model family loaded at the start of the run ('rand_sd15', 'rand_sd21v' or 'rand_sdxl')."""
+    return wc.family_of(wc.Client(webui_url).get("/sdapi/v1/options")["sd_model_checkpoint"])
+
+
+@pytest.fixture(autouse=True)
+def _family_matches(request):
+    """Each test module is written for one model family (`FAMILY`, default SD 1.5): others skip it."""
+    if not os.environ.get("PG_WEBUI_URL"):
+        return
+    wanted = getattr(request.module, "FAMILY", "rand_sd15")
+    wanted = (wanted,) if isinstance(wanted, str) else tuple(wanted)
+    loaded = request.getfixturevalue("loaded_family")
+    if loaded not in wanted:
+        pytest.skip(f"written for {', '.join(wanted)}; the WebUI has {loaded or 'another model'} loaded")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def model_untouched(request):
     """PG-off image (with a LoRA: its weight backups are where leftovers hide) before and after the suite.
@@ -54,9 +72,11 @@ def model_untouched(request):
         yield None
         return
     client = request.getfixturevalue("api")
-    before = client.txt2img(wc.base_request())["pixels"]
+    lora = wc.FAMILY_LORAS.get(request.getfixturevalue("loaded_family"), ("rand_lora",))[0]
+    request_off = wc.base_request(prompt=f"a photo of a cat <lora:{lora}:1>")
+    before = client.txt2img(request_off)["pixels"]
     yield before
-    after = client.txt2img(wc.base_request())["pixels"]
+    after = client.txt2img(request_off)["pixels"]
     assert (before == after).all(), "the model's PG-off output changed over the suite: weights left altered"
 
 

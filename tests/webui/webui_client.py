@@ -12,6 +12,14 @@ from PIL import Image
 PG = "personalization guidance"
 REF = "pg reference"
 PROMPT_LORA = "a photo of a cat <lora:rand_lora:1>"
+# the harness model families: checkpoint name prefix -> (its subject LoRA, a second LoRA of the same family)
+FAMILY_LORAS = {"rand_sd15": ("rand_lora", "pg_other_lora"), "rand_sd21v": ("rand_sd21v_lora", "rand_sd21v_other_lora"),
+                "rand_sdxl": ("rand_sdxl_lora", "rand_sdxl_other_lora")}
+
+
+def family_of(checkpoint_title: str) -> str:
+    """'rand_sdxl_dreambooth.safetensors [hash]' -> 'rand_sdxl' (the longest matching family prefix)."""
+    return max((f for f in FAMILY_LORAS if checkpoint_title.startswith(f)), key=len, default="")
 NEGATIVE = "blurry, low quality"
 FIELDS = ("enabled", "omega", "loras", "weak_prompt", "start", "end", "hires", "base_checkpoint", "base_mode")
 DEFAULTS = dict(enabled=True, omega=0.5, loras="", weak_prompt="negative", start=0.0, end=1.0, hires=True,
