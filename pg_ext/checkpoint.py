@@ -150,6 +150,50 @@ def _budget_rank(w: torch.Tensor, budget: float) -> Optional[int]:
     return max(1, int(budget * rows * cols / (rows + cols)))
 
 
+GIB = 2 ** 30
+
+
+def free_host_memory() -> Optional[int]:
+    """Bytes of RAM the OS can give now (Linux MemAvailable); None where that cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def free_device_memory(device: torch.device) -> Optional[int]:
+    """Bytes a CUDA device can still allocate (free plus what torch holds unused); None for other devices."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def exact_mode_shortfall(unet: nn.Module, device: torch.device, compute_dtype: torch.dtype, read_base: bool,
+                         keep_on_device: bool) -> Optional[str]:
+    """None when exact mode fits now, else what it needs and what is free (a phrase for the error message).
+
+    Exact mode holds the differences in RAM (one UNet in its storage dtype, an upper bound: a fine-tune
+    usually changes every tensor) and, for the pass, θ_ω of every changed layer on the compute device
+    (one UNet in the compute dtype). Checked before the base is read, so a job that cannot fit is
+    refused before sampling instead of failing half-way with an out-of-memory error.
+    """
+    params = list(unet.parameters())
+    stored = sum(p.numel() * p.element_size() for p in params) if read_base else 0
+    weak = sum(p.numel() for p in params) * (torch.finfo(compute_dtype).bits // 8) if keep_on_device else 0
+    on_host = device.type == "cpu"
+    needs = [("RAM", stored + (weak if on_host else 0), free_host_memory())]
+    if not on_host:
+        needs.append((f"{device.type.upper()} memory", weak, free_device_memory(device)))
+    short = [f"about {need / GIB:.1f} GiB of {kind} ({free / GIB:.1f} GiB free)"
+             for kind, need, free in needs if need and free is not None and need > free]
+    return " and ".join(short) or None
+
+
 class DeltaCache:
     """Base-checkpoint differences kept between jobs (keyed by model, files and mode); `size` entries."""
 
@@ -178,6 +222,9 @@ class DeltaCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._entries
 
     def __len__(self) -> int:
         return len(self._entries)

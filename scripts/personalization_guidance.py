@@ -19,7 +19,8 @@ from modules.infotext_utils import PasteField
 from modules.ui_components import InputAccordion
 
 from pg_ext import config
-from pg_ext.checkpoint import CheckpointMismatch, DeltaCache, checkpoint_deltas, read_unet_tensors
+from pg_ext.checkpoint import (CheckpointMismatch, DeltaCache, checkpoint_deltas, exact_mode_shortfall,
+                               read_unet_tensors)
 from pg_ext.config import FIELD_BY_NAME, NOTE_KEY, OVERRIDES_ATTR, Settings, SettingsError
 from pg_ext.lora_networks import original_weight
 from pg_ext.session import GuidanceSession
@@ -222,11 +223,22 @@ def _base_deltas(settings: Settings, sd_model, unet) -> dict:
             _return_freed_memory()
 
     BASE_CACHE.resize(int(_opt("pg_base_cache_size", 1)))
+    if not low:
+        _check_exact_fits(sd_model, unet, read_base=key not in BASE_CACHE)
     entry = BASE_CACHE.get(key, build)
     if low:
         log.info("PG: low-memory base differences: %.1f%% of the UNet, relative error %.3f",
                  100 * entry.memory_fraction, entry.relative_error)
     return entry.deltas
+
+
+def _check_exact_fits(sd_model, unet, read_base: bool) -> None:
+    """Refuse exact base mode before sampling when its memory is not free (never an out-of-memory crash)."""
+    shortfall = exact_mode_shortfall(unet, devices.device, devices.dtype_unet, read_base,
+                                     keep_on_device=not _moves_blocks_per_call(sd_model))
+    if shortfall:
+        raise SettingsError("base_mode", "exact", f"needs {shortfall} for this checkpoint; choose 'low-memory' "
+                            f"(at most {config.LOW_MEMORY_BUDGET:.0%} of the UNet's memory)")
 
 
 def _note(p, text: str) -> None:

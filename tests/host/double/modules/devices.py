@@ -4,7 +4,7 @@ import contextlib
 import torch
 
 cpu = device = torch.device("cpu")
-dtype = torch.float32
+dtype = dtype_unet = torch.float32  # A1111: devices.dtype_unet is the UNet compute dtype
 
 
 def autocast():
