@@ -131,10 +131,15 @@ def _guard_sample(p) -> None:
 def _note_missed_steps(p, session: GuidanceSession) -> None:
     """Say in the infotext when some steps ran as plain CFG because their rows could not be identified."""
     missed = session.steps_missed
-    if missed:
-        total = missed + session.steps_routed
-        _note(p, f"the weak rows could not be identified in {missed} of {total} guided steps (another "
-                 "extension changed the conditioning?): those steps ran as plain CFG")
+    if not missed:
+        return
+    total = missed + session.steps_routed
+    if session.plan is not None and session.plan.weak_conditioning is not None:
+        outcome = "their uncond rows had the weak prompt's θ_ω encoding but the personalized UNet, neither PG nor plain CFG"
+    else:
+        outcome = "those steps ran as plain CFG"
+    _note(p, f"the weak rows could not be identified in {missed} of {total} guided steps (another extension "
+             f"changed the conditioning?): {outcome}")
 
 
 def _loaded_networks() -> list:
