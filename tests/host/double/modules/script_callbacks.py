@@ -43,28 +43,12 @@ KINDS = ("cfg_denoiser", "cfg_denoised", "model_loaded", "before_ui", "ui_settin
 on_cfg_denoiser, on_cfg_denoised, on_model_loaded, on_before_ui, on_ui_settings, on_script_unloaded = map(_adder, KINDS)
 
 
-def cfg_denoiser_callback(params):
-    _run("cfg_denoiser", params)
+def _trigger(kind):
+    return lambda *args: _run(kind, *args)
 
 
-def cfg_denoised_callback(params):
-    _run("cfg_denoised", params)
-
-
-def model_loaded_callback(sd_model):
-    _run("model_loaded", sd_model)
-
-
-def before_ui_callback():
-    _run("before_ui")
-
-
-def ui_settings_callback():
-    _run("ui_settings")
-
-
-def script_unloaded_callback():
-    _run("script_unloaded")
+(cfg_denoiser_callback, cfg_denoised_callback, model_loaded_callback, before_ui_callback, ui_settings_callback,
+ script_unloaded_callback) = map(_trigger, KINDS)
 
 
 def remove_callbacks_for_function(fn):
