@@ -1,0 +1,82 @@
+# Shared helpers for the per-fork harnesses (sourced by <host>/setup.sh, start.sh, check.sh).
+# Everything generated goes under $FORK_HARNESS/<host> (default $HOME/.cache/pg-fork-harness),
+# never into this checkout.  The fork's source is exported from a local bare git mirror (the
+# search tool's `fetch` lays them out as $MIRROR_ROOT/<owner>+<name>/repo) at a pinned commit.
+set -euo pipefail
+
+HOSTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+FORK_HARNESS=$(realpath -m "${FORK_HARNESS:-${HOME:?set FORK_HARNESS}/.cache/pg-fork-harness}")
+MIRROR_ROOT=${MIRROR_ROOT:-/work/.mirror}
+# The A1111 harness (../shared/webui-harness): we reuse its exporter and its random models, HF cache.
+A1111_HARNESS_DIR=${A1111_HARNESS_DIR:-$(realpath -m "$HOSTS_DIR/../../../../shared/webui-harness")}
+A1111_HARNESS=${HARNESS:-$HOME/.cache/pg-webui-harness}
+PYTHON=${PYTHON:-python3}
+
+say() { echo "[$HOST_NAME] $*" >&2; }
+fail() { echo "[$HOST_NAME] ERROR: $*" >&2; exit 2; }
+
+host_paths() {  # sets ROOT WEBUI VENV PY for $HOST_NAME
+  ROOT=$FORK_HARNESS/$HOST_NAME
+  WEBUI=$ROOT/webui
+  VENV=$ROOT/venv
+  PY=$VENV/bin/python
+}
+
+mirror_of() {  # owner/name -> bare git dir (or empty)
+  local d
+  for d in "$MIRROR_ROOT/${1/\//+}/repo" "$MIRROR_ROOT/${1/\//+}"; do
+    if [[ -d $d ]] && git --git-dir="$d" rev-parse -q --git-dir >/dev/null 2>&1; then echo "$d"; return; fi
+  done
+}
+
+# export_tree OWNER/NAME REF DEST : tree of REF (commit or branch) into DEST, once (marker file)
+export_tree() {
+  local repo=$1 ref=$2 dest=$3 git commit
+  if [[ -f $dest/.pg_export ]]; then say "$repo already exported ($(cat "$dest/.pg_export"))"; return; fi
+  git=$(mirror_of "$repo")
+  [[ -n $git ]] || fail "no mirror of $repo under MIRROR_ROOT=$MIRROR_ROOT: fetch github:$repo first"
+  commit=$(git --git-dir="$git" rev-parse -q --verify "$ref^{commit}" 2>/dev/null) \
+    || fail "$repo: '$ref' is not in the mirror $git (refs there: $(git --git-dir="$git" for-each-ref --format='%(refname:short)' refs/heads | tr '\n' ' '))"
+  rm -rf "$dest"; mkdir -p "$dest"
+  say "exporting $repo @ $commit -> $dest"
+  # the snapshots lack blobs >= 4 MiB: the A1111 harness's exporter skips them and lists them
+  "$PYTHON" "$A1111_HARNESS_DIR/tools/git_export.py" "$git" "$commit" "$dest" | tail -n 5 >&2
+  echo "$repo $commit" > "$dest/.pg_export"
+}
+
+# link the random SD1.5 models and the kohya LoRA made by the A1111 harness (no new models)
+link_models() {
+  local src=$A1111_HARNESS/webui/models f
+  [[ -f $src/Stable-diffusion/rand_sd15.safetensors ]] || fail "no A1111 harness models in $src: run ../shared/webui-harness/setup.sh first"
+  mkdir -p "$WEBUI/models/Stable-diffusion" "$WEBUI/models/Lora"
+  for f in rand_sd15.safetensors rand_sd15_dreambooth.safetensors; do
+    [[ -f $src/Stable-diffusion/$f ]] && ln -sfn "$src/Stable-diffusion/$f" "$WEBUI/models/Stable-diffusion/$f"
+  done
+  for f in "$src"/Lora/*.safetensors; do ln -sfn "$f" "$WEBUI/models/Lora/$(basename "$f")"; done
+  say "linked models: $(ls "$WEBUI/models/Stable-diffusion" | tr '\n' ' ')/ Lora: $(ls "$WEBUI/models/Lora" | tr '\n' ' ')"
+}
+
+pip_quiet() { "$PY" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+
+# make_venv REQS_FILE : venv with the disk's torch pair first (never resolved freely), then REQS
+# under a constraints file that pins torch.
+make_venv() {
+  local reqs=$1 cons=$ROOT/constraints.txt stamp=$VENV/.pg_reqs want t0
+  printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$cons"
+  want=$(cat "$reqs" "$cons" | sha256sum | cut -d' ' -f1)
+  [[ -x $PY ]] || { say "venv: $PYTHON -m venv $VENV"; "$PYTHON" -m venv "$VENV"; }
+  if [[ $(cat "$stamp" 2>/dev/null) == "$want" ]]; then say "venv up to date"; return; fi
+  t0=$(date +%s)
+  pip_quiet install -q torch==2.14.1 torchvision==0.29.1
+  say "pip install -r $reqs -c $cons"
+  pip_quiet install -q -r "$reqs" -c "$cons"
+  echo "$want" > "$stamp"
+  say "venv done in $(( $(date +%s) - t0 ))s, $(du -sh "$VENV" | cut -f1)"
+}
+
+# relaxed copy of the fork's requirements_versions.txt: SED_EXPR edits it, EXTRA lines are appended
+write_reqs() {  # src dest sed-expr extra...
+  local src=$1 dest=$2 expr=$3; shift 3
+  # (the fork's file may lack a final newline: start the extras on a line of their own)
+  { sed -e "$expr" "$src"; echo; printf '%s\n' "$@"; } > "$dest"
+}
