@@ -67,11 +67,16 @@ def test_matches_reference(api, off_image, loaded_family, case):
     selection = wc.FAMILY_LORAS[loaded_family][0] if c.get("select") else ""
     weak = c.get("weak_prompt", "negative")
     off = _generate(api, base, mode)["pixels"]
-    pg = _generate(api, wc.with_pg(base, wc.pg_args(omega=c["omega"], loras=selection, weak_prompt=weak)), mode)
+    # the reference runs in the first pass only: compare with PG off in the hires pass (its own test below)
+    args = wc.pg_args(omega=c["omega"], loras=selection, weak_prompt=weak, hires=not c.get("hires"))
+    pg = _generate(api, wc.with_pg(base, args), mode)
     ref = _generate(api, wc.with_ref(base, c["omega"], weak_prompt=weak, loras=selection), mode)
     assert "PG reference" in ref["infotexts"][0], "the reference did not run"
     assert f"PG omega: {c['omega']}" in pg["infotexts"][0]
     assert "PG note" not in pg["infotexts"][0], pg["infotexts"][0]
+    if c.get("hires"):
+        both = api.txt2img(wc.with_pg(base, wc.pg_args(omega=c["omega"])))
+        assert wc.diff(both["pixels"], pg["pixels"])[1] > 0, "PG in the hires pass changed nothing"
     if c.get("batch_size", 1) == 2:
         for i in range(2):
             assert_matches(pg["pixels"][i], ref["pixels"][i], off[i], f"{loaded_family} {case}[{i}]")
