@@ -1,7 +1,8 @@
 """Checkpoint list and switching.
 
-Claims: a checkpoint's `title` is "<name> [<first 10 hex of sha256>]", `name` its path below the checkpoint
-folder; it can be found by any of its ids (title, name, name without extension, model name, hashes).
+Claims: a checkpoint's `title` is "<name> [<first 10 hex of sha256>]" once the host knows its sha256 (from its
+hash cache, or computed when the file is first loaded; until then the title is just <name>: the double always
+hashes), `name` its path below the checkpoint folder; it can be found by any of its ids (title, name, name without extension, model name, hashes).
 get_closet_checkpoint_match(s): None for empty s; an exact id; else the shortest title containing s;
 else the same without a trailing "[hash]". With sd_checkpoints_limit 1, switching checkpoints loads the new
 weights INTO the loaded model object (same object, new `sd_checkpoint_info`), then model_loaded callbacks run.
