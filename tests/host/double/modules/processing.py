@@ -29,21 +29,21 @@ class Processed:
         self.info = infotexts[0] if infotexts else ""
 
 
+FIELDS = dict(prompt="", negative_prompt="", width=64, height=64, steps=4, cfg_scale=5.0, sampler_name="Euler", seed=1,
+              batch_size=1, n_iter=1, enable_hr=False, hr_scale=2.0, hr_second_pass_steps=0, hr_sampler_name=None,
+              denoising_strength=0.5, s_min_uncond=0.0, refiner_checkpoint=None, refiner_switch_at=None, scripts=None,
+              script_args=())
+
+
 class StableDiffusionProcessingTxt2Img:
-    def __init__(self, prompt="", negative_prompt="", width=64, height=64, steps=4, cfg_scale=5.0,
-                 sampler_name="Euler", seed=1, batch_size=1, n_iter=1, enable_hr=False, hr_scale=2.0,
-                 hr_second_pass_steps=0, hr_sampler_name=None, denoising_strength=0.5, s_min_uncond=0.0,
-                 refiner_checkpoint=None, refiner_switch_at=None, scripts=None, script_args=()):
-        self.prompt, self.negative_prompt, self.width, self.height = prompt, negative_prompt, width, height
-        self.steps, self.cfg_scale, self.sampler_name, self.seed = steps, cfg_scale, sampler_name, seed
-        self.batch_size, self.n_iter, self.enable_hr, self.hr_scale = batch_size, n_iter, enable_hr, hr_scale
-        self.hr_second_pass_steps, self.hr_sampler_name = hr_second_pass_steps, hr_sampler_name
-        self.denoising_strength, self.s_min_uncond = denoising_strength, s_min_uncond
-        self.refiner_checkpoint, self.refiner_switch_at = refiner_checkpoint, refiner_switch_at
-        self.scripts, self.script_args = scripts, tuple(script_args)
-        self.extra_generation_params, self.is_api, self.is_hr_pass = {}, False, False
-        self.hr_upscale_to_x, self.hr_upscale_to_y = int(width * hr_scale), int(height * hr_scale)
-        self.refiner_checkpoint_info = None
+    def __init__(self, **kwargs):
+        unknown = set(kwargs) - set(FIELDS)
+        if unknown:
+            raise TypeError(f"unexpected {sorted(unknown)}")
+        vars(self).update({**FIELDS, **kwargs})
+        self.script_args = tuple(self.script_args)
+        self.extra_generation_params, self.is_api, self.is_hr_pass, self.refiner_checkpoint_info = {}, False, False, None
+        self.hr_upscale_to_x, self.hr_upscale_to_y = int(self.width * self.hr_scale), int(self.height * self.hr_scale)
 
     def setup_prompts(self):
         n = self.batch_size * self.n_iter

@@ -74,26 +74,12 @@ class ScriptRunner:
             except Exception as e:
                 reported.append((hook, script.title(), e))
 
-    def before_process(self, p):
-        self._call("before_process", p)
 
-    def process(self, p):
-        self._call("process", p)
+def _runner_hook(hook):
+    if hook == "postprocess_batch":
+        return lambda self, p, images, **kwargs: self._call(hook, p, images=images, **kwargs)
+    return lambda self, p, *before, **kwargs: self._call(hook, p, *before, **kwargs)
 
-    def before_process_batch(self, p, **kwargs):
-        self._call("before_process_batch", p, **kwargs)
 
-    def process_batch(self, p, **kwargs):
-        self._call("process_batch", p, **kwargs)
-
-    def process_before_every_sampling(self, p, **kwargs):
-        self._call("process_before_every_sampling", p, **kwargs)
-
-    def before_hr(self, p):
-        self._call("before_hr", p)
-
-    def postprocess_batch(self, p, images, **kwargs):
-        self._call("postprocess_batch", p, images=images, **kwargs)
-
-    def postprocess(self, p, processed):
-        self._call("postprocess", p, processed)
+for _hook in HOOKS:
+    setattr(ScriptRunner, _hook, _runner_hook(_hook))

@@ -17,21 +17,15 @@ Claims about the denoiser (modules/sd_samplers_cfg_denoiser.py), one call per sa
 - a refiner switch (p.refiner_checkpoint_info, step/total >= p.refiner_switch_at) happens before the
   step's rows are built; an interrupt (state.interrupted) ends sampling at the next step without error.
 """
+import types
+
 import torch
 
 from modules import prompt_parser, sd_models, shared
 from modules.script_callbacks import CFGDenoisedParams, CFGDenoiserParams, cfg_denoised_callback, cfg_denoiser_callback
 
 
-class SamplerConfig:
-    def __init__(self, name, calls_per_step=1):
-        self.name, self.calls_per_step = name, calls_per_step
-
-    def total_steps(self, steps):
-        return steps * self.calls_per_step
-
-
-CONFIGS = {c.name: c for c in (SamplerConfig("Euler"), SamplerConfig("Euler a"))}
+CONFIGS = {name: types.SimpleNamespace(name=name, total_steps=lambda steps: steps) for name in ("Euler", "Euler a")}
 
 
 def find_sampler_config(name):
