@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .deltas import DenseDelta, LayerDelta, LowRankDelta, layer_op, sum_dense
+from .deltas import DenseDelta, LayerDelta, weak_rows_op
 from .rows import RowLayout, WeakRows
 
 log = logging.getLogger("personalization_guidance")
@@ -32,9 +32,6 @@ ALL_ROWS = "all"
 
 class ParamDeltas(dict):
     """Differences by parameter name (e.g. 'in_proj_weight', 'out_proj.weight') of a non-affine module."""
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.values())
 
 
 class WeakBranch:
@@ -107,10 +104,6 @@ class WeakBranch:
     def __exit__(self, *exc) -> None:
         self.detach()
 
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
-
     def cache_bytes(self) -> int:
         """Bytes held by cached θ_ω weights (exact-weights layers seen so far)."""
         return sum(t.numel() * t.element_size() for entry in self._weak_params.values() for t in entry[1]
@@ -166,7 +159,7 @@ class WeakBranch:
             return None
         x_weak, at = stashed
         weight, bias = self._weak_weights(layer, x_weak)
-        weak = layer_op(layer, x_weak, weight, bias).to(output.dtype)
+        weak = weak_rows_op(layer, x_weak, weight, bias).to(output.dtype)
         if at.is_block:
             first = at.first
             parts = [output.narrow(0, 0, first), weak, output.narrow(0, first, output.shape[0] - first)]
@@ -185,15 +178,9 @@ class WeakBranch:
         cached = self._weak_params.get(id(layer))
         if cached is not None and cached[0] == key:
             return cached[1]
-        delta = sum_dense(list(self.deltas[layer]))
-        weight = layer.weight.detach().to(device=x.device, dtype=torch.float32)
-        if delta.weight is not None:
-            weight = weight - self.keep * delta.weight.to(device=x.device, dtype=torch.float32)
-        bias = None if layer.bias is None else layer.bias.detach().to(device=x.device, dtype=torch.float32)
-        if delta.bias is not None:
-            d_bias = self.keep * delta.bias.to(device=x.device, dtype=torch.float32)
-            bias = -d_bias if bias is None else bias - d_bias
-        params = (weight.to(dtype), None if bias is None else bias.to(dtype))
+        dense = [d.dense() for d in self.deltas[layer]]
+        params = (_minus(layer.weight, [d.weight for d in dense], self.keep, x.device, dtype),
+                  _minus(layer.bias, [d.bias for d in dense], self.keep, x.device, dtype))
         if self.keep_on_device:
             self._weak_params[id(layer)] = (key, params)
         return params
@@ -216,7 +203,20 @@ class WeakBranch:
             self._recomputing = False
 
 
-def lora_delta(down: torch.Tensor, up: torch.Tensor, scale: float, bias: Optional[torch.Tensor] = None
-               ) -> LowRankDelta:
-    """A LoRA/LoCon layer difference: scale·up@down (scale = strength · alpha / rank)."""
-    return LowRankDelta(down=down, up=up, scale=scale, bias=bias)
+def _minus(param: Optional[torch.Tensor], diffs: list, keep: float, device: torch.device, dtype: torch.dtype
+           ) -> Optional[torch.Tensor]:
+    """param − keep·Σ diffs, computed in float32, returned on `device` in `dtype` (None if nothing is there).
+
+    Built for every affected layer at the start of each pass (a DreamBooth UNet: GiBs), so the common
+    case, one float32 difference of a float32 weight on its device, is one fused pass with one new tensor.
+    """
+    diffs = [d for d in diffs if d is not None]
+    if not diffs:
+        return None if param is None else param.detach().to(device=device, dtype=dtype)
+    diff = diffs[0].to(device=device, dtype=torch.float32)
+    for more in diffs[1:]:
+        diff = diff + more.to(device=device, dtype=torch.float32)
+    if param is None:
+        return (diff * -keep).to(dtype)
+    out = torch.add(param.detach().to(device=device, dtype=torch.float32), diff, alpha=-keep)
+    return out.to(dtype)

@@ -159,3 +159,19 @@ def test_lowvram_mode_keeps_no_device_copies_and_gives_the_same_rows(exact):
             cached = branch.cache_bytes() > 0 or delta._placed.key != ()
         assert cached == keep
     torch.testing.assert_close(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("spec", [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=1),
+                                  dict(kernel_size=(3, 2), padding=(1, 0), dilation=(2, 1)), dict(kernel_size=2)])
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_small_convolutions_of_the_weak_rows_equal_conv2d(spec, rows, bias):
+    """The exact path's weak rows of a conv over few pixels run as unfold + matmul: same values as conv2d."""
+    from pg_ext.deltas import _small_conv, layer_op, weak_rows_op
+    torch.manual_seed(7)
+    layer = nn.Conv2d(6, 5, bias=bias, **spec)
+    x = torch.randn(rows, 6, 5, 7)
+    assert _small_conv(layer, x)
+    weight, b = torch.randn_like(layer.weight), None if layer.bias is None else torch.randn_like(layer.bias)
+    torch.testing.assert_close(weak_rows_op(layer, x, weight, b), layer_op(layer, x, weight, b), rtol=1e-5, atol=1e-5)
+    assert not _small_conv(layer, torch.randn(1, 6, 24, 24)) and not _small_conv(nn.Conv2d(6, 5, 1), x)
