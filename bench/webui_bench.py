@@ -1,12 +1,15 @@
 """Benchmark (not a test): PG off vs on in the running real WebUI, same seed, alternating, several rounds.
 
-    PG_WEBUI_URL=http://127.0.0.1:7861 python bench/webui_bench.py [--rounds 5] [--size 128] [--steps 4]
+    PG_WEBUI_URL=http://127.0.0.1:7861 python bench/webui_bench.py [--rounds 3] [--sizes 128,256,512]
+        [--steps 8] [--steps-at 512:3] [--only lora,dreambooth-exact]
 
-Prints the time per image (median over rounds, whole request) and the WebUI process's peak RSS during
-each image (VmHWM, reset through /proc/<pid>/clear_refs before every request; the PID is read from
-$HARNESS/logs/webui-<port>.pid) for: plain CFG vs PG with a plain LoRA (low-rank path), a LoHa and a
-full-diff file (dense paths; made from the harness LoRA by tests/webui/harness_models.py), and a
-DreamBooth checkpoint (rand_sd15_dreambooth loaded, base rand_sd15) in exact and low-memory mode.
+Prints the time per image (median over rounds, whole request), its ratio to plain CFG (median over
+median) and the WebUI process's peak RSS during each image (VmHWM, reset through /proc/<pid>/clear_refs
+before every request; the PID is read from $HARNESS/logs/webui-<port>.pid), at every size, for: plain CFG
+vs PG with a plain LoRA (low-rank path), a LoHa and a full-diff file (dense paths; made from the harness
+LoRA by tests/webui/harness_models.py), and a DreamBooth checkpoint (rand_sd15_dreambooth loaded, base
+rand_sd15) in exact and low-memory mode ("dreambooth") or exact mode only ("dreambooth-exact").
+PG and CFG alternate within each round (the order flips every round), after one warm-up image of each.
 """
 from __future__ import annotations
 
@@ -88,53 +91,70 @@ def run_group(client, pid, name: str, variants: dict, rounds: int) -> list[tuple
     return rows
 
 
+def _steps_at(text: str) -> dict[int, int]:
+    """'512:3,1024:2' -> {512: 3, 1024: 2}."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        size, steps = part.split(":")
+        out[int(size)] = int(steps)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", default=os.environ.get("PG_WEBUI_URL", "http://127.0.0.1:7861"))
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--size", type=int, default=None, help="one size (same as --sizes N)")
+    ap.add_argument("--sizes", default="128,256,512", help="comma-separated image sizes (px, square)")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps-at", default="512:3", help="fewer steps at large sizes on CPU, e.g. 512:3")
     ap.add_argument("--omega", type=float, default=0.5)
-    ap.add_argument("--only", default="", help="comma-separated groups: lora,loha,full,dreambooth")
+    ap.add_argument("--only", default="", help="comma-separated groups: lora,loha,full,dreambooth,dreambooth-exact")
     args = ap.parse_args()
+    sizes = [args.size] if args.size else [int(x) for x in args.sizes.split(",") if x]
+    steps_at = _steps_at(args.steps_at)
     client = wc.Client(args.url)
     pid = webui_pid(args.url)
+    groups = [g for g in (args.only.split(",") if args.only else ["lora", "loha", "full", "dreambooth"]) if g]
     names = {x["name"] for x in client.get("/sdapi/v1/loras")}
-    if not {"pg_loha", "pg_full"} <= names:
+    if {"loha", "full"} & set(groups) and not {"pg_loha", "pg_full"} <= names:
         subprocess.run([os.path.join(HARNESS, "venv", "bin", "python"),
                         os.path.join(HERE, "..", "tests", "webui", "harness_models.py")], check=True)
         client.post("/sdapi/v1/refresh-loras", {})
-    groups = [g for g in (args.only.split(",") if args.only else ["lora", "loha", "full", "dreambooth"]) if g]
-
-    def req(prompt, **extra):
-        return wc.base_request(prompt=prompt, size=args.size, steps=args.steps, seed=4321, **extra)
 
     rows = []
-    for kind, tag in (("lora", "rand_lora"), ("loha", "pg_loha"), ("full", "pg_full")):
-        if kind in groups:
-            base = req(f"a photo of a cat <lora:{tag}:1>")
-            rows += run_group(client, pid, kind, {
-                "CFG": base, f"PG {kind}": wc.with_pg(base, wc.pg_args(omega=args.omega))}, args.rounds)
-    if "dreambooth" in groups:
-        before = client.get("/sdapi/v1/options")["sd_model_checkpoint"]
-        client.post("/sdapi/v1/options", {"sd_model_checkpoint": "rand_sd15_dreambooth"})
-        try:
-            base = req("a photo of a sks cat")
-            rows += run_group(client, pid, "dreambooth", {
-                "CFG": base,
-                "PG exact": wc.with_pg(base, wc.pg_args(omega=args.omega, base_checkpoint="rand_sd15")),
-                "PG low-memory": wc.with_pg(base, wc.pg_args(omega=args.omega, base_checkpoint="rand_sd15",
-                                                             base_mode="low-memory")),
-            }, args.rounds)
-        finally:
-            client.post("/sdapi/v1/options", {"sd_model_checkpoint": before})
+    for size in sizes:
+        steps = steps_at.get(size, args.steps)
 
-    print(f"\n{args.size}x{args.size}, Euler, {args.steps} steps, CFG 7, batch 1, ω={args.omega}, "
-          f"{args.rounds} rounds alternating; OMP_NUM_THREADS as the WebUI was started; pid {pid}")
-    print("| group | variant | median s/image | best s/image | ratio vs CFG (median) | peak RSS GiB |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, label, med, best, ratio, peak in rows:
-        print(f"| {name} | {label} | {med:.2f} | {best:.2f} | {ratio:.3f} | {peak:.2f} |")
+        def req(prompt, **extra):
+            return wc.base_request(prompt=prompt, size=size, steps=steps, seed=4321, **extra)
+
+        for kind, tag in (("lora", "rand_lora"), ("loha", "pg_loha"), ("full", "pg_full")):
+            if kind in groups:
+                base = req(f"a photo of a cat <lora:{tag}:1>")
+                rows += [(size, steps) + r for r in run_group(client, pid, f"{kind} {size}px", {
+                    "CFG": base, f"PG {kind}": wc.with_pg(base, wc.pg_args(omega=args.omega))}, args.rounds)]
+        if "dreambooth" in groups or "dreambooth-exact" in groups:
+            before = client.get("/sdapi/v1/options")["sd_model_checkpoint"]
+            client.post("/sdapi/v1/options", {"sd_model_checkpoint": "rand_sd15_dreambooth"})
+            try:
+                base = req("a photo of a sks cat")
+                variants = {"CFG": base,
+                            "PG exact": wc.with_pg(base, wc.pg_args(omega=args.omega, base_checkpoint="rand_sd15"))}
+                if "dreambooth" in groups:
+                    variants["PG low-memory"] = wc.with_pg(base, wc.pg_args(
+                        omega=args.omega, base_checkpoint="rand_sd15", base_mode="low-memory"))
+                rows += [(size, steps) + r for r in run_group(client, pid, f"dreambooth {size}px", variants,
+                                                              args.rounds)]
+            finally:
+                client.post("/sdapi/v1/options", {"sd_model_checkpoint": before})
+
+    print(f"\nEuler, CFG 7, batch 1, ω={args.omega}, {args.rounds} rounds alternating after a warm-up; "
+          f"OMP_NUM_THREADS as the WebUI was started; pid {pid}")
+    print("| size | steps | group | variant | median s/image | best s/image | ratio vs CFG (median) | peak RSS GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for size, steps, name, label, med, best, ratio, peak in rows:
+        print(f"| {size} | {steps} | {name.split()[0]} | {label} | {med:.2f} | {best:.2f} | {ratio:.3f} | {peak:.2f} |")
 
 
 if __name__ == "__main__":
