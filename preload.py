@@ -1,4 +1,4 @@
-"""Run by the WebUI at start, before any extension's scripts: makes `import pg_ext` work everywhere.
+"""Run by the WebUI at start, before any extension's scripts: makes `import pg_ext` (and `pg_hosts`) work everywhere.
 
 A1111 puts an extension's folder on `sys.path` only while that extension's scripts load, so another
 extension's `from pg_ext import request_pg` would depend on the load order. Registering the package
@@ -10,22 +10,26 @@ import os
 import sys
 
 
-def _register_core() -> None:
-    if "pg_ext" in sys.modules:
+def _register(package: str) -> None:
+    """Put the extension's `package` into sys.modules under its own name (a no-op if it is there)."""
+    if package in sys.modules:
         return
-    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pg_ext")
-    spec = importlib.util.spec_from_file_location("pg_ext", os.path.join(folder, "__init__.py"),
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), package)
+    spec = importlib.util.spec_from_file_location(package, os.path.join(folder, "__init__.py"),
                                                   submodule_search_locations=[folder])
     module = importlib.util.module_from_spec(spec)
-    sys.modules["pg_ext"] = module
+    sys.modules[package] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules["pg_ext"]
+        del sys.modules[package]
         raise
 
 
-_register_core()
+# pg_ext: the host-free core other extensions import; pg_hosts: the host adapters the entry script
+# imports (its package body only looks for the host's packages; the adapter itself loads with the script)
+_register("pg_ext")
+_register("pg_hosts")
 
 
 def preload(parser) -> None:

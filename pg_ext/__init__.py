@@ -1,6 +1,7 @@
 """Personalization Guidance core: host-free (torch, safetensors and the standard library only).
 
-The WebUI adapter lives in `scripts/personalization_guidance.py`; nothing here imports the WebUI.
+The WebUI entry script is `scripts/personalization_guidance.py` and the per-host adapters are in
+`pg_hosts/`; nothing here imports the WebUI.
 The package itself imports only the standard library (`config`): the torch parts load on first use, so
 the extension's `preload.py` can register the package at WebUI start at no cost, and other extensions
 can `from pg_ext import request_pg` whatever order the WebUI loads extensions in.

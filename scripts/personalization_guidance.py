@@ -1,8 +1,10 @@
-"""Personalization Guidance for the AUTOMATIC1111 WebUI: UI, process hooks, callbacks, infotext, API, X/Y/Z.
+"""Personalization Guidance for the AUTOMATIC1111 WebUI and its forks: UI, process hooks, callbacks, infotext, API, X/Y/Z.
 
-The only file that knows the WebUI. No math here: `pg_ext` computes; this file reads the host's state,
-hands it over, and makes sure every job ends with nothing of PG left on the model (`p.sample` is
-wrapped so that the hooks are removed in `finally`, whatever happens during sampling).
+The one entry file every host loads, the same in all of them. No math here: `pg_ext` computes; what
+differs between hosts (the UNet module, how weak rows are found, where LoRA differences come from) is
+asked of the host's adapter in `pg_hosts`, picked once at load time. This file makes sure every job
+ends with nothing of PG left on the model (`p.sample` is wrapped so that the hooks are removed in
+`finally`, whatever happens during sampling).
 """
 from __future__ import annotations
 
@@ -10,11 +12,10 @@ import ctypes
 import html
 import logging
 import os
-import sys
 
 import gradio as gr
 
-from modules import devices, prompt_parser, script_callbacks, scripts, sd_models, sd_samplers, sd_unet, shared
+from modules import devices, prompt_parser, script_callbacks, scripts, sd_models, sd_samplers, shared
 from modules.infotext_utils import PasteField
 from modules.ui_components import InputAccordion
 
@@ -22,8 +23,8 @@ from pg_ext import config
 from pg_ext.checkpoint import (CheckpointMismatch, DeltaCache, checkpoint_deltas, exact_mode_shortfall,
                                read_unet_tensors)
 from pg_ext.config import FIELD_BY_NAME, NOTE_KEY, OVERRIDES_ATTR, Settings, SettingsError
-from pg_ext.lora_networks import original_weight
 from pg_ext.session import GuidanceSession
+import pg_hosts
 
 log = logging.getLogger("personalization_guidance")
 if not log.handlers:  # the WebUI shows only warnings of other loggers; PG's one-line status belongs in the console
@@ -37,6 +38,7 @@ SESSION_ATTR = "pg_session"
 PASS_CHECKPOINT = "checkpoint of the hooked pass"  # key in the session's prepared state
 ERROR_ATTR = "pg_error"  # an input error found in `process`, raised when sampling starts
 BASE_CACHE = DeltaCache(size=1)
+HOST = pg_hosts.load(pg_hosts.detect())  # the running host's adapter, found once
 
 
 def _opt(name: str, default):
@@ -142,11 +144,6 @@ def _note_missed_steps(p, session: GuidanceSession) -> None:
              f"changed the conditioning?): {outcome}")
 
 
-def _loaded_networks() -> list:
-    networks = sys.modules.get("networks")  # the built-in Lora extension; None when it is disabled
-    return list(getattr(networks, "loaded_networks", []) or [])
-
-
 def _check_selection(p, session: GuidanceSession | None) -> None:
     """Input errors found once the prompt's LoRAs are loaded: unknown LoRA names, a base that does not fit.
 
@@ -155,15 +152,10 @@ def _check_selection(p, session: GuidanceSession | None) -> None:
     if session is None:
         return
     try:
-        session.select(_loaded_networks())
+        session.select(HOST.loaded_networks())
         _job_base_deltas(session)
     except (SettingsError, CheckpointMismatch) as e:
         raise request_error(p, e) from None
-
-
-def _encoder_layers(sd_model):
-    root = getattr(sd_model, "conditioner", None) or getattr(sd_model, "cond_stage_model", None)
-    return list(root.modules()) if root is not None else []
 
 
 def _encode_weak(p, settings: Settings):
@@ -187,9 +179,10 @@ def _encode_weak(p, settings: Settings):
 def _job_base_deltas(session: GuidanceSession) -> dict:
     """The base differences for this job and loaded checkpoint: built once per job even with cache size 0."""
     sd_model = shared.sd_model
-    key = (id(sd_model.model.diffusion_model), getattr(getattr(sd_model, "sd_checkpoint_info", None), "filename", None))
+    unet = HOST.unet(sd_model)
+    key = (id(unet), getattr(getattr(sd_model, "sd_checkpoint_info", None), "filename", None))
     if ("base", key) not in session.prepared:
-        session.prepared[("base", key)] = _base_deltas(session.settings, sd_model, sd_model.model.diffusion_model)
+        session.prepared[("base", key)] = _base_deltas(session.settings, sd_model, unet)
     return session.prepared[("base", key)]
 
 
@@ -209,14 +202,10 @@ def _base_deltas(settings: Settings, sd_model, unet) -> dict:
                             "gone: refresh the list or pick another checkpoint") from None
     key = (id(unet), getattr(loaded, "filename", None), info.filename, modified, low)
 
-    def original(module, name):
-        weight, bias = original_weight(module)
-        return weight if name == "weight" else bias if name == "bias" else getattr(module, name)
-
     def build():
         log.info("PG: reading base checkpoint %s", info.title)
         try:
-            return checkpoint_deltas(unet, read_unet_tensors(info.filename), original=original, low_memory=low,
+            return checkpoint_deltas(unet, read_unet_tensors(info.filename), original=HOST.original_param, low_memory=low,
                                      energy=float(_opt("pg_low_memory_energy", 0.9)))
         except CheckpointMismatch:
             raise
@@ -240,7 +229,7 @@ def _base_deltas(settings: Settings, sd_model, unet) -> dict:
 def _check_exact_fits(sd_model, unet, read_base: bool) -> None:
     """Refuse exact base mode before sampling when its memory is not free (never an out-of-memory crash)."""
     shortfall = exact_mode_shortfall(unet, devices.device, devices.dtype_unet, read_base,
-                                     keep_on_device=not _moves_blocks_per_call(sd_model))
+                                     keep_on_device=not HOST.moves_blocks_per_call(sd_model))
     if shortfall:
         raise SettingsError("base_mode", "exact", f"needs {shortfall} for this checkpoint; choose 'low-memory' "
                             f"(at most {config.LOW_MEMORY_BUDGET:.0%} of the UNet's memory)")
@@ -253,19 +242,6 @@ def _note(p, text: str) -> None:
 
 def _crossattn(cond):
     return cond.get("crossattn") if isinstance(cond, dict) else cond
-
-
-def _with_mark(weak, host):
-    """ControlNet prepends one marker token to the host's conds; give ours the same first token."""
-    weak_x, host_x = _crossattn(weak), _crossattn(host)
-    if host_x is None or weak_x is None or host_x.shape[1] != weak_x.shape[1] + 1:
-        return weak
-    import torch
-
-    marked = torch.cat([host_x[:, :1].to(weak_x), weak_x], dim=1)
-    if isinstance(weak, dict):
-        return type(weak)({**weak, "crossattn": marked})
-    return marked
 
 
 # -- the script -------------------------------------------------------------------------------------
@@ -344,7 +320,7 @@ class PersonalizationGuidanceScript(scripts.Script):
         session.end_pass()
         if getattr(p, "is_hr_pass", False) and not session.settings.hires:
             return
-        if sd_unet.current_unet is not None:
+        if HOST.replacement_unet_active():
             _note(p, "off: a replacement UNet (e.g. TensorRT) is active, its layers cannot be hooked")
             return
         try:
@@ -361,15 +337,9 @@ class PersonalizationGuidanceScript(scripts.Script):
 
     @staticmethod
     def _begin_pass(p, session: GuidanceSession):
-        sd_model = shared.sd_model
-        unet = sd_model.model.diffusion_model
-        settings = session.settings
-        session.prepared[PASS_CHECKPOINT] = _checkpoint_file(sd_model)
-        return session.begin_pass(
-            unet=unet, text_layers=_encoder_layers(sd_model), loaded_networks=_loaded_networks(),
-            encode_weak=lambda: _encode_weak(p, settings), extra_unet_deltas=_job_base_deltas(session),
-            exact_weights=not _opt("lora_functional", False), empty_prompt=settings.weak_prompt == "empty",
-            keep_on_device=not _moves_blocks_per_call(sd_model))
+        session.prepared[PASS_CHECKPOINT] = _checkpoint_file(shared.sd_model)
+        return HOST.begin_pass(p, session, encode_weak=lambda: _encode_weak(p, session.settings),
+                               extra_unet_deltas=_job_base_deltas(session))
 
     def postprocess(self, p, processed, *args):
         _release(p)
@@ -378,15 +348,6 @@ class PersonalizationGuidanceScript(scripts.Script):
 def _checkpoint_file(sd_model) -> str | None:
     info = getattr(sd_model, "sd_checkpoint_info", None)
     return getattr(info, "filename", None)
-
-
-def _moves_blocks_per_call(sd_model) -> bool:
-    """--lowvram: the host moves each UNet block to the GPU only while it runs, so PG keeps no device copies.
-
-    The host sets `sd_model.lowvram` for --medvram too, but there the whole UNet stays on the GPU for
-    the sampling pass, and PG's per-pass caches are what keeps the weak rows as cheap as CFG.
-    """
-    return bool(getattr(sd_model, "lowvram", False) and getattr(shared.cmd_opts, "lowvram", False))
 
 
 def _release(p) -> None:
@@ -450,7 +411,7 @@ def on_cfg_denoiser(params) -> None:
     session = getattr(p, SESSION_ATTR, None)
     if session is None or session.router is None:
         return
-    if (session.unet is not shared.sd_model.model.diffusion_model
+    if (session.unet is not HOST.unet(shared.sd_model)
             or session.prepared.get(PASS_CHECKPOINT) != _checkpoint_file(shared.sd_model)):
         # a refiner: another model object, or (checkpoint cache 1) new weights loaded into the same one
         _note(p, "off after a model switch (refiner) during sampling")
@@ -459,8 +420,8 @@ def on_cfg_denoiser(params) -> None:
     active = session.settings.in_range(params.sampling_step / max(params.total_sampling_steps, 1))
     weak = session.plan.weak_conditioning if session.plan else None
     if weak is not None and active:
-        params.text_uncond = _with_mark(prompt_parser.reconstruct_cond_batch(weak, params.denoiser.step),
-                                        params.text_uncond)
+        params.text_uncond = HOST.weak_uncond(prompt_parser.reconstruct_cond_batch(weak, params.denoiser.step),
+                                              params.text_uncond)
     session.step(active, _crossattn(params.text_cond), _crossattn(params.text_uncond))
 
 

@@ -1,0 +1,46 @@
+"""Host adapters: the few things that differ between A1111 and its forks, one small module per host.
+
+The entry script (`scripts/personalization_guidance.py`) keeps the UI, arguments, infotext, X/Y/Z and
+`request_pg`, identical in every host; `pg_ext` keeps the math and never imports a host. An adapter
+answers what differs: which UNet module the rows go through, how the weak rows of one UNet call are
+found, where the LoRA differences come from, and where PG attaches and detaches.
+
+The host is found once, by which of its top-level packages can be found (`find_spec` only: nothing
+of the host is imported here, so `preload.py` can register this package before the host starts):
+
+    reForge   ldm_patched + modules_forge   (a port of ComfyUI's model patcher; gradio 3.41)
+    Forge     backend + modules_forge       (Forge 2; not supported yet: PG stays off with a note)
+    A1111     neither
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+A1111, REFORGE, FORGE = "a1111", "reforge", "forge"
+SUPPORTED = (A1111, REFORGE)
+
+
+def _has(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken or half-registered package is as good as absent
+        return False
+
+
+def detect() -> str:
+    """The name of the running host, from the packages it ships (no import, no side effect)."""
+    if _has("modules_forge"):
+        if _has("ldm_patched"):
+            return REFORGE
+        if _has("backend"):
+            return FORGE
+    return A1111
+
+
+def load(name: str):
+    """The adapter module of host `name`; an unsupported host is a clear error, never a silent A1111 guess."""
+    if name not in SUPPORTED:
+        raise NotImplementedError(f"Personalization Guidance has no adapter for host {name!r} yet "
+                                  f"(supported: {', '.join(SUPPORTED)})")
+    return importlib.import_module(f"{__name__}.{name}")

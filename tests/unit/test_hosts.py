@@ -1,0 +1,77 @@
+"""Host detection and the adapter layout: the entry script asks an adapter, the host is found once.
+
+Detection runs in fresh interpreters whose sys.path holds empty stand-in packages named like each
+host's top-level packages (no host code: only the names matter to `pg_hosts.detect`).
+"""
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "scripts", "personalization_guidance.py")
+
+
+def _detect_with(tmp_path, packages):
+    for name in packages:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    code = "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import pg_hosts; print(pg_hosts.detect())"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), ROOT], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("packages, host", [
+    ((), "a1111"),
+    (("modules_forge", "ldm_patched"), "reforge"),
+    (("modules_forge", "backend"), "forge"),
+    (("ldm_patched",), "a1111"),  # ldm_patched alone (another program's copy) is not reForge
+])
+def test_detect_names_the_host_by_its_packages(tmp_path, packages, host):
+    assert _detect_with(tmp_path, packages) == host
+
+
+def test_detection_imports_nothing_of_the_host(tmp_path):
+    (tmp_path / "modules_forge").mkdir()
+    (tmp_path / "modules_forge" / "__init__.py").write_text("raise SystemExit('imported')")
+    (tmp_path / "ldm_patched").mkdir()
+    (tmp_path / "ldm_patched" / "__init__.py").write_text("raise SystemExit('imported')")
+    assert _detect_with(tmp_path, ()) == "reforge"
+
+
+def test_a_host_without_adapter_is_a_clear_error():
+    import pg_hosts
+
+    with pytest.raises(NotImplementedError, match="'forge'"):
+        pg_hosts.load("forge")
+
+
+def test_entry_script_reads_no_host_internals_itself():
+    """UNet module, Lora extension, replacement UNets: asked of the adapter, not read in the script."""
+    source = open(SCRIPT, encoding="utf-8").read()
+    for name in ("diffusion_model", "sd_unet", "loaded_networks\"", "sys.modules", "forge_objects", "lowvram"):
+        assert name not in source, name
+    imported = {n.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)
+                and node.module == "modules" for n in node.names}
+    assert "sd_unet" not in imported
+
+
+def test_preload_registers_the_adapter_package_without_torch(tmp_path):
+    code = ("import importlib.util, os, sys\n"
+            "root = sys.argv[1]\n"
+            "spec = importlib.util.spec_from_file_location('preload.py', os.path.join(root, 'preload.py'))\n"
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+            "import pg_hosts\n"
+            "assert os.path.dirname(pg_hosts.__file__) == os.path.join(root, 'pg_hosts'), pg_hosts.__file__\n"
+            "assert 'torch' not in sys.modules\n"
+            "print(pg_hosts.detect())\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code, ROOT], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "a1111"
