@@ -105,3 +105,48 @@ class UNetRowRouter:
     def _after_call(self, module: nn.Module, args: tuple, output):
         self.branch.rows = None
         return None
+
+
+class MarkedRowRouter(UNetRowRouter):
+    """A router for hosts that mark the rows of each UNet call themselves (ComfyUI's `cond_or_uncond`).
+
+    `rows_of(args, kwargs)` turns one call's marks into `WeakRows` (host-side ints, no device sync), or
+    None when the call carries no marks. The step's conditioning is not compared: `begin_step` only
+    says whether the step is active. A call without marks in an active step counts the step as missed.
+    """
+
+    def __init__(self, unet: nn.Module, branch: WeakBranch,
+                 rows_of: Callable[[tuple, dict], Optional[WeakRows]]):
+        super().__init__(unet, branch)
+        self.rows_of = rows_of
+        self._active = False
+        self._unmarked_in_step = 0
+
+    def begin_step(self, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor]) -> None:
+        """Start a CFG step; it is active when both branches are given (as `UNetRowRouter.begin_step`)."""
+        self._end_step()
+        self._active = cond is not None and uncond is not None
+
+    def pending(self) -> tuple[int, int]:
+        if not self._active:
+            return 0, 0
+        if self._weak_in_step:
+            return 1, 0
+        return (0, 1) if self._unmarked_in_step else (0, 0)
+
+    def _end_step(self) -> None:
+        super()._end_step()
+        self._active = False
+        self._unmarked_in_step = 0
+
+    def _before_call(self, module: nn.Module, args: tuple, kwargs: dict):
+        rows = None
+        if self._active:
+            found = self.rows_of(args, kwargs)
+            if found is None:
+                self._unmarked_in_step += 1
+            elif found.count:
+                self._weak_in_step += found.count
+                rows = found
+        self.branch.rows = rows
+        return None

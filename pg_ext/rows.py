@@ -91,6 +91,18 @@ class WeakRows:
         return cls(flags.nonzero().flatten().tolist(), flags.shape[0])
 
     @classmethod
+    def from_chunk_marks(cls, marks: Sequence[int], rows: int, weak_mark: int = 1) -> Optional["WeakRows"]:
+        """From host-side chunk marks (ComfyUI's `cond_or_uncond`: one int per chunk of rows/len(marks) rows).
+
+        None when the rows do not split evenly into the marked chunks (then nothing can be told apart).
+        """
+        marks = list(marks)
+        if not marks or rows <= 0 or rows % len(marks) != 0:
+            return None
+        size = rows // len(marks)
+        return cls([c * size + i for c, mark in enumerate(marks) if mark == weak_mark for i in range(size)], rows)
+
+    @classmethod
     def every_row(cls) -> "WeakRows":
         return cls((), None)
 

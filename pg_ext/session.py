@@ -6,6 +6,7 @@ loaded networks and a function that encodes prompts; this object never reaches f
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -16,6 +17,8 @@ from .config import Settings, SettingsError
 from .deltas import LayerDelta
 from .lora_networks import collect_deltas, select_networks
 from .router import UNetRowRouter
+
+log = logging.getLogger("personalization_guidance")
 
 Deltas = Mapping[nn.Module, Sequence[LayerDelta] | ParamDeltas]
 
@@ -53,6 +56,11 @@ class GuidanceSession:
         self.prepared: dict[Any, Any] = {}
         self._routed = 0  # finished passes' counts; see steps_routed / steps_missed
         self._missed = 0
+        self._undo: list[Callable[[], None]] = []  # what an adapter changed on the host for this pass
+
+    def undo_at_end_of_pass(self, undo: Callable[[], None]) -> None:
+        """Run `undo` when this pass ends (normally, on an error or interrupt, or when the next pass begins)."""
+        self._undo.append(undo)
 
     @property
     def steps_routed(self) -> int:
@@ -92,17 +100,31 @@ class GuidanceSession:
         self.end_pass()
         selected = self.select(loaded_networks)
         lora_unet = collect_deltas(unet.modules(), loaded_networks, selected)
-        unet_deltas = merge_deltas(lora_unet, extra_unet_deltas)
         text_deltas = collect_deltas(text_layers, loaded_networks, selected)
+        return self.begin_pass_with(unet, merge_deltas(lora_unet, extra_unet_deltas), text_deltas,
+                                    [getattr(n, "name", "?") for n in selected], encode_weak,
+                                    exact_weights=exact_weights, empty_prompt=empty_prompt,
+                                    keep_on_device=keep_on_device)
+
+    def begin_pass_with(self, unet: nn.Module, unet_deltas: Deltas, text_deltas: Deltas, networks: Sequence[str],
+                        encode_weak: Optional[Callable[[], Any]], exact_weights: bool = True,
+                        empty_prompt: bool = False, keep_on_device: bool = True,
+                        router: Callable[[nn.Module, WeakBranch], UNetRowRouter] = UNetRowRouter
+                        ) -> Optional[PassPlan]:
+        """`begin_pass` with the differences already taken from the host (any adapter's source of deltas).
+
+        `router(unet, branch)` makes the object that flags each call's weak rows: by conditioning
+        (`UNetRowRouter`, A1111) or by the host's own marks (`MarkedRowRouter`).
+        """
+        self.end_pass()
         if not unet_deltas and not text_deltas and not empty_prompt:
             return None
         weak_conditioning = None
         if encode_weak is not None and (text_deltas or empty_prompt):
             weak_conditioning = self._encode(encode_weak, text_deltas)
         branch = WeakBranch(self.settings.omega, unet_deltas, exact_weights, keep_on_device)
-        self.router = UNetRowRouter(unet, branch).attach()
-        self.plan = PassPlan([getattr(n, "name", "?") for n in selected], len(unet_deltas), len(text_deltas),
-                             weak_conditioning)
+        self.router = router(unet, branch).attach()
+        self.plan = PassPlan(list(networks), len(unet_deltas), len(text_deltas), weak_conditioning)
         return self.plan
 
     def _encode(self, encode_weak: Callable[[], Any], text_deltas: Deltas) -> Any:
@@ -121,12 +143,18 @@ class GuidanceSession:
         return None if self.router is None else self.router.unet
 
     def end_pass(self) -> None:
-        """Remove every hook of the current pass (idempotent)."""
+        """Remove every hook of the current pass and undo the adapter's changes (idempotent)."""
         if self.router is not None:
             self.router.detach()
             self._routed += self.router.steps_routed
             self._missed += self.router.steps_missed
         self.router = None
+        while self._undo:
+            undo = self._undo.pop()
+            try:
+                undo()
+            except Exception:  # runs in `finally` paths: log, never hide the error that brought us here
+                log.exception("PG: undoing a host change at the end of the pass failed")
 
     def close(self) -> None:
         """End of a batch's sampling: nothing of PG stays on the model."""

@@ -15,6 +15,7 @@ from modules import sd_unet, shared
 from pg_ext.lora_networks import original_weight
 
 NAME = "a1111"
+SUPPORTS_BASE_CHECKPOINT = True  # DreamBooth mode: base differences read against the Lora backup
 
 
 def _opt(name: str, default):

@@ -190,6 +190,9 @@ def _base_deltas(settings: Settings, sd_model, unet) -> dict:
     """Differences of the loaded UNet from the base checkpoint (cached between jobs)."""
     if not settings.base_checkpoint:
         return {}
+    if not getattr(HOST, "SUPPORTS_BASE_CHECKPOINT", True):
+        raise SettingsError("base_checkpoint", settings.base_checkpoint,
+                            f"is not supported in this WebUI ({HOST.NAME}) yet: PG works with LoRAs here")
     info = _base_info(settings.base_checkpoint)
     loaded = getattr(sd_model, "sd_checkpoint_info", None)
     if loaded is not None and os.path.abspath(loaded.filename) == os.path.abspath(info.filename):

@@ -1,0 +1,122 @@
+"""Per-layer differences of the personalization LoRAs, from weight patches in ComfyUI's layout.
+
+ComfyUI's model patcher (and its ports: reForge's `ldm_patched`) keeps LoRAs as data: for every patched
+parameter key a list of entries `(strength_patch, patch, strength_model, offset, function)`, merged in
+order into the original weight by the host's merge function when the model loads. θ_ω is those
+entries with the selected LoRAs' `strength_patch` × ω, merged by the same function; the difference a
+weak row must lose is θ' − θ_ω = (1 − ω)·D. Two forms of D, both exact:
+
+* low rank — every entry on the parameter is a plain LoRA (additive: no DoRA, mid, reshape, offset,
+  function or model strength): D = Σ_selected strength · (alpha / rank) · up @ down, evaluated as two
+  thin products on the weak rows (`LowRankDelta`);
+* dense — anything else (LoHa, LoKr, DoRA, diff, a non-affine mix): D = (θ' − θ_ω) / (1 − ω) from two
+  merges with the host's own function, so every type the host knows is handled as the host does.
+
+Nothing here imports a host: the entries are read by their documented layout, and the merge function,
+the layer of a key and its original weight are handed in by the adapter.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Collection, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .deltas import DenseDelta, LayerDelta, LowRankDelta, is_supported
+
+Entry = tuple  # (strength_patch, patch, strength_model, offset, function)
+Merge = Callable[[list, torch.Tensor, str], torch.Tensor]  # host merge: (entries, float32 weight copy, key) -> weight
+
+
+def scaled(entry: Entry, factor: float) -> Entry:
+    """The same entry at `factor` × its strength (θ_ω for a selected LoRA is its entries at ω × strength)."""
+    return (entry[0] * factor,) + tuple(entry[1:])
+
+
+def plain_lora(entry: Entry) -> Optional[tuple[torch.Tensor, torch.Tensor, float]]:
+    """(up, down, strength · alpha / rank) of a plain LoRA entry; None for anything that is not purely additive.
+
+    A LoRA patch object has `name == "lora"` and `weights = (up, down, alpha, mid, dora_scale, reshape)`.
+    """
+    strength, patch, strength_model, offset, function = entry
+    if strength_model != 1.0 or offset is not None or function is not None:
+        return None
+    weights = getattr(patch, "weights", None)
+    if getattr(patch, "name", None) != "lora" or not isinstance(weights, (tuple, list)) or len(weights) != 6:
+        return None
+    up, down, alpha, mid, dora_scale, reshape = weights
+    if mid is not None or dora_scale is not None or reshape is not None:
+        return None
+    ratio = float(alpha) / down.shape[0] if alpha is not None else 1.0
+    return up, down, float(strength) * ratio
+
+
+def _fits(layer: nn.Module, up: torch.Tensor, down: torch.Tensor) -> bool:
+    """Whether up(down(x)) on this layer is exactly the merged difference reshaped to its weight."""
+    if isinstance(layer, nn.Linear):
+        return up.dim() == 2 and down.dim() == 2 and up.shape[0] == layer.out_features \
+            and down.shape[1] == layer.in_features
+    if isinstance(layer, nn.Conv2d):
+        return (layer.groups == 1 and up.dim() == 4 and down.dim() == 4 and tuple(up.shape[2:]) == (1, 1)
+                and up.shape[0] == layer.out_channels and down.shape[1] == layer.in_channels
+                and tuple(down.shape[2:]) == tuple(layer.kernel_size))
+    return False
+
+
+def _low_rank(layer: nn.Module, entries: Sequence[Entry], selected: Collection[int]) -> Optional[list[LayerDelta]]:
+    factors = [plain_lora(e) for e in entries]
+    if any(f is None or not _fits(layer, f[0], f[1]) for f in factors):
+        return None
+    return [LowRankDelta(down=f[1].detach(), up=f[0].detach(), scale=f[2])
+            for e, f in zip(entries, factors) if id(e) in selected]
+
+
+def dense_difference(key: str, entries: Sequence[Entry], selected: Collection[int], omega: float,
+                     base: torch.Tensor, merge: Merge) -> torch.Tensor:
+    """D = (θ' − θ_ω) / (1 − ω) for one parameter, both merged by the host's function from `base` (float32)."""
+    full = merge(list(entries), base.detach().float().clone(), key)
+    weak = merge([scaled(e, omega) if id(e) in selected else e for e in entries], base.detach().float().clone(), key)
+    return (full.float() - weak.float()) / (1.0 - omega)
+
+
+def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[int], omega: float,
+                 layer_of: Callable[[str], Optional[tuple[nn.Module, str]]],
+                 base_of: Callable[[str], torch.Tensor], merge: Merge) -> dict[nn.Module, list[LayerDelta]]:
+    """Layer -> differences of the selected entries (ids in `selected`) for every patched Linear/Conv2d/norm.
+
+    `layer_of(key)` gives (module, parameter name) or None; `base_of(key)` the parameter without any
+    patch. A parameter without a selected entry costs nothing.
+    """
+    if not 0.0 <= omega <= 1.0:
+        raise ValueError(f"omega must be in [0, 1], got {omega!r}")
+    if omega == 1.0:
+        return {}  # θ_ω = θ': the weak branch is the personalized model, nothing to correct
+    weights: dict[nn.Module, Any] = {}
+    biases: dict[nn.Module, torch.Tensor] = {}
+    for key, entries in patches.items():
+        if not any(id(e) in selected for e in entries):
+            continue
+        found = layer_of(key)
+        if found is None or not is_supported(found[0]) or found[1] not in ("weight", "bias"):
+            continue
+        layer, name = found
+        if name == "weight":
+            low = _low_rank(layer, entries, selected)
+            weights[layer] = low if low is not None else dense_difference(key, entries, selected, omega,
+                                                                          base_of(key), merge)
+        else:
+            biases[layer] = dense_difference(key, entries, selected, omega, base_of(key), merge)
+    return {layer: _join(layer, weights.get(layer), biases.get(layer)) for layer in {**weights, **biases}}
+
+
+def _join(layer: nn.Module, weight: Any, bias: Optional[torch.Tensor]) -> list[LayerDelta]:
+    """One layer's deltas: low-rank parts carry the bias difference, a dense weight takes it along."""
+    dtype = layer.weight.dtype if getattr(layer, "weight", None) is not None else torch.float32
+    bias = None if bias is None else bias.to(dtype)
+    if isinstance(weight, list):
+        if bias is not None:
+            weight[0] = LowRankDelta(weight[0].down, weight[0].up, weight[0].scale, bias=bias)
+        return weight
+    if weight is None and isinstance(layer, (nn.Linear, nn.Conv2d)):
+        weight = torch.zeros_like(layer.weight, dtype=torch.float32)  # a bias-only patch: x·0 + Δb
+    return [DenseDelta(None if weight is None else weight.to(dtype), bias)]

@@ -1,0 +1,108 @@
+"""A tiny model served the way reForge serves one (test helper, not a host file).
+
+`ReforgeModel` holds what `modules_forge/forge_loader.py` puts on `sd_model` (forge_objects,
+forge_objects_original, forge_objects_after_applying_lora) around our double's patchers, and
+`apply_loras` does what the Lora extension does per job: from the original patchers, one
+`load_lora_for_models` per LoRA, in prompt order. Patches are made here with seeded random factors.
+"""
+import os
+import sys
+
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+for path in (os.path.join(HERE, "reforge_double"), os.path.join(HERE, "..", "unit")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from ldm_patched.modules.lora import LoHaAdapter, LoRAAdapter  # noqa: E402
+from ldm_patched.modules.model_base import BaseModel  # noqa: E402
+from ldm_patched.modules.model_patcher import UnetPatcher  # noqa: E402
+from ldm_patched.modules.sd import CLIP, load_lora_for_models  # noqa: E402
+from tiny_unet import TinyUNet  # noqa: E402
+
+DIM = 12
+
+
+class TextModel(nn.Module):
+    """Token ids [B, T] -> conditioning [B, T, DIM] through Linear and LayerNorm layers (CLIP's kinds)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(64, DIM)
+        self.fc1, self.fc2, self.norm = nn.Linear(DIM, 2 * DIM), nn.Linear(2 * DIM, DIM), nn.LayerNorm(DIM)
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        return self.norm(h + self.fc2(torch.nn.functional.gelu(self.fc1(h))))
+
+
+class ForgeObjects:
+    def __init__(self, unet, clip):
+        self.unet, self.clip = unet, clip
+
+    def shallow_copy(self):
+        return ForgeObjects(self.unet, self.clip)
+
+
+class ReforgeModel:
+    def __init__(self, seed=0, chunks_per_call=None):
+        torch.manual_seed(seed)
+        unet = TinyUNet(channels=16, context_dim=DIM).requires_grad_(False)
+        text = TextModel().requires_grad_(False)
+        self.forge_objects = ForgeObjects(UnetPatcher(BaseModel(unet, chunks_per_call)), CLIP(text))
+        self.forge_objects_original = self.forge_objects.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+
+    @property
+    def unet_module(self):
+        return self.forge_objects_original.unet.model.diffusion_model
+
+    @property
+    def text_module(self):
+        return self.forge_objects_original.clip.cond_stage_model
+
+    def apply_loras(self, loras):
+        """loras: [(patches, unet strength, clip strength)] in prompt order (networks.py:95-104)."""
+        unet, clip = self.forge_objects_original.unet, self.forge_objects_original.clip
+        for patches, strength_unet, strength_clip in loras:
+            unet, clip = load_lora_for_models(unet, clip, patches, strength_unet, strength_clip)
+        self.forge_objects = ForgeObjects(unet, clip)
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+
+    def reset_for_pass(self):
+        """processing.py:1458: every pass starts from the LoRA chain's end."""
+        self.forge_objects = self.forge_objects_after_applying_lora.shallow_copy()
+
+
+def _factors(gen, out_shape, in_shape, rank, scale):
+    return torch.randn(*out_shape, generator=gen) * scale, torch.randn(*in_shape, generator=gen) * scale
+
+
+def lora_patches(model, seed, kind="lora", rank=2, scale=0.3, only=None):
+    """key -> patch for every Linear/Conv2d of the UNet and text model (`only`: a filter on the key)."""
+    gen = torch.Generator().manual_seed(seed)
+    roots = {"diffusion_model.": model.unet_module, "": model.text_module}
+    patches = {}
+    for prefix, root in roots.items():
+        for name, layer in root.named_modules():
+            key = f"{prefix}{name}.weight"
+            if only is not None and not only(key):
+                continue
+            if isinstance(layer, nn.Linear):
+                out_shape, in_shape = (layer.out_features, rank), (rank, layer.in_features)
+            elif isinstance(layer, nn.Conv2d):
+                out_shape, in_shape = (layer.out_channels, rank, 1, 1), (rank, layer.in_channels, *layer.kernel_size)
+            else:
+                continue
+            up, down = _factors(gen, out_shape, in_shape, rank, scale)
+            if kind == "lora":
+                patches[key] = LoRAAdapter((up, down, float(rank) * 0.5, None, None, None))
+            elif kind == "dora":
+                norms = layer.weight.flatten(1).norm(dim=1) * 1.2
+                patches[key] = LoRAAdapter((up, down, float(rank), None, norms, None))
+            elif kind == "loha":
+                up2, down2 = _factors(gen, out_shape, in_shape, rank, scale)
+                patches[key] = LoHaAdapter((up.flatten(1), down.flatten(1), float(rank), up2.flatten(1), down2.flatten(1)))
+    return patches
