@@ -106,3 +106,52 @@ def lora_patches(model, seed, kind="lora", rank=2, scale=0.3, only=None):
                 up2, down2 = _factors(gen, out_shape, in_shape, rank, scale)
                 patches[key] = LoHaAdapter((up.flatten(1), down.flatten(1), float(rank), up2.flatten(1), down2.flatten(1)))
     return patches
+
+
+class ReforgeSD(ReforgeModel):
+    """`shared.sd_model` as reForge serves it to the A1111-style modules: text in, conditioning out."""
+
+    def __init__(self, seed=0, chunks_per_call=None):
+        from tiny_sd import TextEncoder
+
+        torch.manual_seed(seed)
+        unet = TinyUNet(channels=16, context_dim=DIM).requires_grad_(False)
+        text = TextEncoder().requires_grad_(False)
+        self.forge_objects = ForgeObjects(UnetPatcher(BaseModel(unet, chunks_per_call)), CLIP(text))
+        self.forge_objects_original = self.forge_objects.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+        self.lowvram, self.sd_checkpoint_info = False, None
+        self.current_lora_hash = None
+
+    def get_learned_conditioning(self, texts):
+        clip = self.forge_objects.clip
+        clip.patcher.patch_model()  # modules_forge/forge_clip.py:12 loads the CLIP patcher before each encode
+        return clip.cond_stage_model(texts)
+
+    def modules(self):
+        return list(self.unet_module.modules()) + list(self.text_module.modules())
+
+    def state_dict(self):
+        return {**{f"unet.{k}": v for k, v in self.unet_module.state_dict().items()},
+                **{f"text.{k}": v for k, v in self.text_module.state_dict().items()}}
+
+
+class ReforgeNetworks:
+    """The Lora extension as reForge has it: names in `loaded_networks`, weights only as patcher entries."""
+
+    def __init__(self, model):
+        self.model, self.available, self.loaded_networks = model, {}, []
+
+    def register(self, name, patches):
+        self.available[name] = patches
+
+    def activate(self, p, found):
+        """networks.py:58-104: from the original patchers, one load_lora_for_models per LoRA, in order."""
+        import types
+
+        model = self.model
+        model.forge_objects_original.unet.unpatch_model()  # loading another patcher restores the weights first
+        model.forge_objects_original.clip.patcher.unpatch_model()
+        self.loaded_networks = [types.SimpleNamespace(name=name, mentioned_name=name) for name, _ in found]
+        strengths = [float(args[0]) if args else 1.0 for _, args in found]
+        model.apply_loras([(self.available[name], s, s) for (name, _), s in zip(found, strengths)])

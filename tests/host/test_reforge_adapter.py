@@ -154,6 +154,7 @@ class _Merged:
         self.patcher, self.value = patcher, value
 
     def __enter__(self):
+        self.patcher.unpatch_model()  # loading another patcher first restores what the loaded one merged
         self.patcher.patch_model()
         return self.value
 
