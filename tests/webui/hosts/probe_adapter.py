@@ -1,0 +1,175 @@
+"""PG's reForge adapter against reForge's OWN code (no server, no checkpoint): run in the harness venv
+from the fork's webui/ (tests/webui/hosts/probe_adapter.sh reforge).
+
+A tiny real UNet (tests/unit/tiny_unet.py) stands behind a model object that has what the fork's
+`calc_cond_batch` asks for and calls the UNet as `model_base.py:191` does. LoRAs are loaded by the
+fork's `load_lora` from kohya-style tensors and put on the fork's `UnetPatcher` clone chain with
+`add_patches`, merged by the fork's `patch_weight_to_device` (what loading the model does per key).
+PG's adapter then gives θ_ω's differences (through the fork's `calculate_weight`) and the weak rows
+(from the fork's `cond_or_uncond` marks). Reference: a second chain with the selected LoRA at
+ω × strength, merged by the fork, the uncond entry run alone.
+
+  one_call   PG's output rows equal the reference (cond rows: θ'; uncond rows: θ_ω), one UNet call
+  split      the same when low memory splits the entries into one call each
+  types      a LoHa and a DoRA on the same keys as the subject (dense path through the fork's merge)
+  clean      no hook left on any module; the chain's entries untouched
+
+Prints PASS/FAIL lines; exit 1 on any FAIL.
+"""
+import os
+import sys
+
+PG_ROOT = os.environ["PG_EXT_DIR"]
+sys.argv = [sys.argv[0], "--always-cpu", "--skip-torch-cuda-test"]
+sys.path.insert(0, os.getcwd())
+
+from modules_forge.initialization import initialize_forge  # noqa: E402
+
+initialize_forge()
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from ldm_patched.modules import lora as host_lora  # noqa: E402
+from ldm_patched.modules import samplers  # noqa: E402
+from ldm_patched.modules import utils as host_utils  # noqa: E402
+from ldm_patched.modules.conds import CONDCrossAttn  # noqa: E402
+from modules_forge.unet_patcher import UnetPatcher  # noqa: E402
+
+sys.path[:0] = [PG_ROOT, os.path.join(PG_ROOT, "tests", "unit")]
+from pg_ext.branch import WeakBranch  # noqa: E402
+from pg_ext.router import MarkedRowRouter  # noqa: E402
+from pg_hosts import reforge  # noqa: E402
+from tiny_unet import TinyUNet  # noqa: E402
+
+torch.manual_seed(0)
+failures = 0
+
+
+def check(name, ok, detail=""):
+    global failures
+    failures += not ok
+    print(f"{'PASS' if ok else 'FAIL'} {name}: {detail}", flush=True)
+
+
+class Model(nn.Module):
+    """What calc_cond_batch needs of the model; the UNet is called as model_base.py:191 calls it."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.diffusion_model = unet
+        self.memory = 0.0
+
+    def memory_required(self, input_shape, **kwargs):
+        return self.memory
+
+    def apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        return self.diffusion_model(x, t, context=c_crossattn, control=control, transformer_options=transformer_options)
+
+
+def kohya(model, seed, kind, only=lambda name: True):
+    """(state dict, key map) of a LoRA of `kind` on the UNet's Linear/Conv2d layers, kohya names."""
+    gen = torch.Generator().manual_seed(seed)
+    sd, to_load = {}, {}
+    for name, layer in model.diffusion_model.named_modules():
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)) or not only(name):
+            continue
+        prefix = "lora_unet_" + name.replace(".", "_")
+        to_load[prefix] = f"diffusion_model.{name}.weight"
+        out_f, in_f = layer.weight.shape[0], layer.weight[0].numel()
+        r = 2
+        rnd = lambda *shape: torch.randn(*shape, generator=gen) * 0.2  # noqa: E731
+        if kind == "loha":
+            sd.update({f"{prefix}.hada_w1_a": rnd(out_f, r), f"{prefix}.hada_w1_b": rnd(r, in_f),
+                       f"{prefix}.hada_w2_a": rnd(out_f, r), f"{prefix}.hada_w2_b": rnd(r, in_f)})
+        else:
+            conv = isinstance(layer, nn.Conv2d)
+            sd[f"{prefix}.lora_up.weight"] = rnd(out_f, r, 1, 1) if conv else rnd(out_f, r)
+            sd[f"{prefix}.lora_down.weight"] = rnd(r, layer.weight.shape[1], *layer.kernel_size) if conv else rnd(r, in_f)
+            if kind == "dora":
+                sd[f"{prefix}.dora_scale"] = layer.weight.flatten(1).norm(dim=1, keepdim=True) * 1.1
+        sd[f"{prefix}.alpha"] = torch.tensor(1.0)
+    return host_lora.load_lora(sd, to_load)
+
+
+def chain(root, loras):
+    patcher = root
+    for patches, strength in loras:
+        patcher = patcher.clone()
+        patcher.add_patches(patches, strength)
+    return patcher
+
+
+def merged(patcher):
+    for key in patcher.patches:
+        patcher.patch_weight_to_device(key)
+
+
+def restore(patcher):
+    for key, saved in list(patcher.backup.items()):
+        host_utils.set_attr_param(patcher.model, key, saved.weight)
+    patcher.backup.clear()
+
+
+B = 2
+x = torch.randn(B, 4, 8, 8)
+sigma = torch.full((B,), 400.0)
+ctx_c, ctx_u = torch.randn(B, 7, 12), torch.randn(B, 7, 12)
+
+
+def entries(ctx):
+    return [{"model_conds": {"c_crossattn": CONDCrossAttn(ctx)}}]
+
+
+def case(name, style_kind, omega, split):
+    model = Model(TinyUNet(16, 12).requires_grad_(False))
+    root = UnetPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    subject = kohya(model, 1, "lora")
+    style = kohya(model, 2, style_kind, only=lambda n: "attn" in n)
+    loras = [(subject, 1.0), (style, 0.8)]
+    after = chain(root, loras)
+    snapshot = {k: list(v) for k, v in after.patches.items()}
+    names = [type("Net", (), {"name": n})() for n in ("subject", "style")]
+    selected = reforge.selected_entries(after, root, names, names[:1])
+    pass_patcher = after.clone()
+    deltas = reforge.patcher_deltas(pass_patcher, selected, omega)
+    model.memory = float("inf") if split else 0.0
+    calls = []
+    model.diffusion_model.register_forward_pre_hook(
+        lambda m, a, k: calls.append(k["transformer_options"]["cond_or_uncond"]), with_kwargs=True)
+    router = MarkedRowRouter(model.diffusion_model, WeakBranch(omega, deltas), reforge.rows_of_call)
+    merged(pass_patcher)
+    try:
+        with router, torch.no_grad():
+            router.begin_step(ctx_c, ctx_u)
+            cond_pg, uncond_pg = samplers.calc_cond_batch(model, [entries(ctx_c), entries(ctx_u)], x, sigma, {})
+    finally:
+        restore(pass_patcher)
+    model.diffusion_model._forward_pre_hooks.clear()  # the probe's own recorder
+    weak = chain(root, [(subject, omega), (style, 0.8)])
+    merged(weak)
+    with torch.no_grad():
+        uncond_ref = samplers.calc_cond_batch(model, [None, entries(ctx_u)], x, sigma, {})[1]
+    restore(weak)
+    merged(after)
+    with torch.no_grad():
+        cond_ref = samplers.calc_cond_batch(model, [entries(ctx_c), None], x, sigma, {})[0]
+    restore(after)
+    err_u = float((uncond_pg - uncond_ref).abs().max())
+    err_c = float((cond_pg - cond_ref).abs().max())
+    moved = float((uncond_ref - samplers.calc_cond_batch(model, [None, entries(ctx_u)], x, sigma, {})[1]).abs().max())
+    kinds = sorted({type(d).__name__ for ds in deltas.values() for d in ds})
+    check(name, err_u < 1e-4 and err_c < 1e-5 and moved > 1e-3,
+          f"ω={omega} calls {calls}, max |uncond PG − ref| = {err_u:.1e}, |cond PG − ref| = {err_c:.1e}, "
+          f"uncond at θ_ω vs at θ (no LoRA) differs by {moved:.3f}, deltas {kinds}")
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    same = after.patches == snapshot and all(a is b for k in snapshot for a, b in zip(after.patches[k], snapshot[k]))
+    check(f"{name}.clean", hooks == 0 and same and not after.backup, f"hooks left {hooks}, chain entries unchanged {same}")
+
+
+case("one_call", "lora", 0.0, split=False)
+case("one_call.omega_half", "lora", 0.5, split=False)
+case("split", "lora", 0.3, split=True)
+case("types.loha", "loha", 0.3, split=False)
+case("types.dora", "dora", 0.3, split=False)
+print(f"{failures} failure(s)")
+sys.exit(1 if failures else 0)
