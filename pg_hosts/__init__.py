@@ -9,7 +9,7 @@ The host is found once, by which of its top-level packages can be found (`find_s
 of the host is imported here, so `preload.py` can register this package before the host starts):
 
     reForge   ldm_patched + modules_forge   (a port of ComfyUI's model patcher; gradio 3.41)
-    Forge     backend + modules_forge       (Forge 2; not supported yet: PG stays off with a note)
+    Forge     backend + modules_forge       (Forge 2; no adapter yet: every pass runs as plain CFG with a note)
     A1111     neither
 """
 from __future__ import annotations
@@ -39,8 +39,11 @@ def detect() -> str:
 
 
 def load(name: str):
-    """The adapter module of host `name`; an unsupported host is a clear error, never a silent A1111 guess."""
-    if name not in SUPPORTED:
-        raise NotImplementedError(f"Personalization Guidance has no adapter for host {name!r} yet "
-                                  f"(supported: {', '.join(SUPPORTED)})")
-    return importlib.import_module(f"{__name__}.{name}")
+    """The adapter of host `name`; a known host without adapter gets one that keeps PG off and says so."""
+    if name in SUPPORTED:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name == FORGE:
+        from .unsupported import Unsupported
+
+        return Unsupported(name)
+    raise ValueError(f"unknown host {name!r} (known: {', '.join(SUPPORTED + (FORGE,))})")
