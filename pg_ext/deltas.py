@@ -15,17 +15,32 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
+_LINEAR_LIKE: list[type] = []  # host layer classes that are a Linear in all but their base class
+
+
+def register_linear(cls: type) -> None:
+    """Declare a host's layer class a Linear: 2-D `weight` [out, in], optional `bias`, `F.linear` forward.
+
+    Forge builds its UNet with a Linear that subclasses `nn.Module`, not `nn.Linear`; its adapter
+    registers that class here (the adapter knows the host, this module does not).
+    """
+    if cls not in _LINEAR_LIKE:
+        _LINEAR_LIKE.append(cls)
+
+
+def is_linear(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.Linear) or isinstance(layer, tuple(_LINEAR_LIKE))
 
 
 def is_supported(layer: nn.Module) -> bool:
     """Whether PG can correct this layer type row by row."""
-    return isinstance(layer, SUPPORTED_LAYERS)
+    return isinstance(layer, SUPPORTED_LAYERS) or is_linear(layer)
 
 
 def layer_op(layer: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor],
              bias: Optional[torch.Tensor]) -> torch.Tensor:
     """The layer's own functional op on `x` with the given parameters (any may be None)."""
-    if isinstance(layer, nn.Linear):
+    if is_linear(layer):
         return F.linear(x, weight, bias)
     if isinstance(layer, nn.Conv2d):
         if layer.padding_mode != "zeros":
@@ -134,7 +149,7 @@ class LowRankDelta:
     def contribution(self, layer: nn.Module, x: torch.Tensor, keep: bool = True) -> torch.Tensor:
         """scale · up(down(x)) (+ bias): the cheap form, r channels in the middle instead of a full matmul."""
         down, up, bias = self._placed.get((self.down, self.up, self.bias), x, keep)
-        if isinstance(layer, nn.Linear):
+        if is_linear(layer):
             out = F.linear(F.linear(x, down), up)
         elif isinstance(layer, nn.Conv2d):
             if layer.groups != 1:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .deltas import DenseDelta, LayerDelta, LowRankDelta, is_supported
+from .deltas import DenseDelta, LayerDelta, LowRankDelta, is_linear, is_supported
 
 Entry = tuple  # (strength_patch, patch, strength_model, offset, function)
 Merge = Callable[[list, torch.Tensor, str], torch.Tensor]  # host merge: (entries, float32 weight copy, key) -> weight
@@ -36,13 +36,13 @@ def scaled(entry: Entry, factor: float) -> Entry:
 def plain_lora(entry: Entry) -> Optional[tuple[torch.Tensor, torch.Tensor, float]]:
     """(up, down, strength · alpha / rank) of a plain LoRA entry; None for anything that is not purely additive.
 
-    A LoRA patch object has `name == "lora"` and `weights = (up, down, alpha, mid, dora_scale, reshape)`.
+    The patch layouts are in `_lora_weights`.
     """
     strength, patch, strength_model, offset, function = entry
     if strength_model != 1.0 or offset is not None or function is not None:
         return None
-    weights = getattr(patch, "weights", None)
-    if getattr(patch, "name", None) != "lora" or not isinstance(weights, (tuple, list)) or len(weights) != 6:
+    weights = _lora_weights(patch)
+    if weights is None:
         return None
     up, down, alpha, mid, dora_scale, reshape = weights
     if mid is not None or dora_scale is not None or reshape is not None:
@@ -51,9 +51,24 @@ def plain_lora(entry: Entry) -> Optional[tuple[torch.Tensor, torch.Tensor, float
     return up, down, float(strength) * ratio
 
 
+def _lora_weights(patch: Any) -> Optional[tuple]:
+    """(up, down, alpha, mid, dora_scale, reshape) of a LoRA patch in either layout, else None.
+
+    An adapter object (`name == "lora"`, `weights` of 6: ComfyUI's weight_adapter, reForge) or the
+    tuple `("lora", (up, down, alpha, mid, dora_scale))` (Forge's loader).
+    """
+    weights = getattr(patch, "weights", None)
+    if getattr(patch, "name", None) == "lora" and isinstance(weights, (tuple, list)) and len(weights) == 6:
+        return tuple(weights)
+    if isinstance(patch, (tuple, list)) and len(patch) == 2 and patch[0] == "lora" \
+            and isinstance(patch[1], (tuple, list)) and len(patch[1]) == 5:
+        return tuple(patch[1]) + (None,)
+    return None
+
+
 def _fits(layer: nn.Module, up: torch.Tensor, down: torch.Tensor) -> bool:
     """Whether up(down(x)) on this layer is exactly the merged difference reshaped to its weight."""
-    if isinstance(layer, nn.Linear):
+    if is_linear(layer):
         return up.dim() == 2 and down.dim() == 2 and up.shape[0] == layer.out_features \
             and down.shape[1] == layer.in_features
     if isinstance(layer, nn.Conv2d):
@@ -117,6 +132,6 @@ def _join(layer: nn.Module, weight: Any, bias: Optional[torch.Tensor]) -> list[L
         if bias is not None:
             weight[0] = LowRankDelta(weight[0].down, weight[0].up, weight[0].scale, bias=bias)
         return weight
-    if weight is None and isinstance(layer, (nn.Linear, nn.Conv2d)):
+    if weight is None and (is_linear(layer) or isinstance(layer, nn.Conv2d)):
         weight = torch.zeros_like(layer.weight, dtype=torch.float32)  # a bias-only patch: x·0 + Δb
     return [DenseDelta(None if weight is None else weight.to(dtype), bias)]

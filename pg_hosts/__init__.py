@@ -9,7 +9,7 @@ The host is found once, by which of its top-level packages can be found (`find_s
 of the host is imported here, so `preload.py` can register this package before the host starts):
 
     reForge   ldm_patched + modules_forge   (a port of ComfyUI's model patcher; gradio 3.41)
-    Forge     backend + modules_forge       (Forge 2; no adapter yet: every pass runs as plain CFG with a note)
+    Forge     backend + modules_forge       (Forge 2, gradio 4)
     A1111     neither
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import importlib
 import importlib.util
 
 A1111, REFORGE, FORGE = "a1111", "reforge", "forge"
-SUPPORTED = (A1111, REFORGE)
+SUPPORTED = (A1111, REFORGE, FORGE)
 
 
 def _has(package: str) -> bool:
@@ -39,11 +39,7 @@ def detect() -> str:
 
 
 def load(name: str):
-    """The adapter of host `name`; a known host without adapter gets one that keeps PG off and says so."""
-    if name in SUPPORTED:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name == FORGE:
-        from .unsupported import Unsupported
-
-        return Unsupported(name)
-    raise ValueError(f"unknown host {name!r} (known: {', '.join(SUPPORTED + (FORGE,))})")
+    """The adapter module of host `name`."""
+    if name not in SUPPORTED:
+        raise ValueError(f"unknown host {name!r} (known: {', '.join(SUPPORTED)})")
+    return importlib.import_module(f"{__name__}.{name}")

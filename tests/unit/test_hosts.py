@@ -44,13 +44,9 @@ def test_detection_imports_nothing_of_the_host(tmp_path):
     assert _detect_with(tmp_path, ()) == "reforge"
 
 
-def test_a_host_without_adapter_keeps_pg_off_with_a_reason_and_unknown_names_are_refused():
+def test_unknown_host_names_are_refused():
     import pg_hosts
 
-    forge = pg_hosts.load("forge")
-    with pytest.raises(NotImplementedError, match=r"\(forge\) is not supported yet"):
-        forge.begin_pass(None, None, None, {})
-    assert forge.replacement_unet_active() is False and forge.SUPPORTS_BASE_CHECKPOINT is False
     with pytest.raises(ValueError, match="'neo'"):
         pg_hosts.load("neo")
 
