@@ -1,13 +1,14 @@
-"""PG's reForge adapter against reForge's OWN code (no server, no checkpoint): run in the harness venv
-from the fork's webui/ (tests/webui/hosts/probe_adapter.sh reforge).
+"""PG's fork adapters against the fork's OWN code (no server, no checkpoint): run in the harness venv
+from the fork's webui/ (tests/webui/hosts/probe_adapter.sh reforge|forge).
 
-A tiny real UNet (tests/unit/tiny_unet.py) stands behind a model object that has what the fork's
-`calc_cond_batch` asks for and calls the UNet as `model_base.py:191` does. LoRAs are loaded by the
-fork's `load_lora` from kohya-style tensors and put on the fork's `UnetPatcher` clone chain with
-`add_patches`, merged by the fork's `patch_weight_to_device` (what loading the model does per key).
-PG's adapter then gives θ_ω's differences (through the fork's `calculate_weight`) and the weak rows
-(from the fork's `cond_or_uncond` marks). Reference: a second chain with the selected LoRA at
-ω × strength, merged by the fork, the uncond entry run alone.
+A tiny real UNet (tests/unit/tiny_unet.py; in Forge with Forge's own Linear class) stands behind a
+model object that has what the fork's batched CFG function asks for and calls the UNet as the fork
+does (reForge `model_base.py:191`, Forge `backend/modules/k_model.py:45`). LoRAs are loaded by the
+fork's `load_lora` from kohya-style tensors and put on the fork's patcher clone chain with
+`add_patches`, merged as loading the model does (reForge `patch_weight_to_device`, Forge
+`LoraLoader.refresh`). PG's adapter then gives θ_ω's differences (through the fork's merge function)
+and the weak rows (from the fork's `cond_or_uncond` marks). Reference: a second chain with the
+selected LoRA at ω × strength, merged by the fork, the uncond entry run alone.
 
   one_call   PG's output rows equal the reference (cond rows: θ'; uncond rows: θ_ω), one UNet call
   split      the same when low memory splits the entries into one call each
@@ -20,6 +21,7 @@ import os
 import sys
 
 PG_ROOT = os.environ["PG_EXT_DIR"]
+HOST = sys.argv[1]  # reforge | forge
 sys.argv = [sys.argv[0], "--always-cpu", "--skip-torch-cuda-test"]
 sys.path.insert(0, os.getcwd())
 
@@ -29,17 +31,26 @@ initialize_forge()
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ldm_patched.modules import lora as host_lora  # noqa: E402
-from ldm_patched.modules import samplers  # noqa: E402
-from ldm_patched.modules import utils as host_utils  # noqa: E402
-from ldm_patched.modules.conds import CONDCrossAttn  # noqa: E402
-from modules_forge.unet_patcher import UnetPatcher  # noqa: E402
-
 sys.path[:0] = [PG_ROOT, os.path.join(PG_ROOT, "tests", "unit")]
 from pg_ext.branch import WeakBranch  # noqa: E402
 from pg_ext.router import MarkedRowRouter  # noqa: E402
-from pg_hosts import reforge  # noqa: E402
+from pg_hosts import forge, reforge  # noqa: E402
 from tiny_unet import TinyUNet  # noqa: E402
+
+if HOST == "forge":
+    from backend.operations import ForgeOperations
+    from backend.patcher import lora as host_lora
+    from backend.patcher.base import ModelPatcher as RootPatcher
+    from backend.sampling import sampling_function as sf
+    from backend.sampling.condition import ConditionCrossAttn as CrossAttn
+    adapter = forge
+else:
+    from ldm_patched.modules import lora as host_lora
+    from ldm_patched.modules import samplers as sf
+    from ldm_patched.modules import utils as host_utils
+    from ldm_patched.modules.conds import CONDCrossAttn as CrossAttn
+    from modules_forge.unet_patcher import UnetPatcher as RootPatcher
+    adapter = reforge
 
 torch.manual_seed(0)
 failures = 0
@@ -60,9 +71,10 @@ class Model(nn.Module):
         self.memory = 0.0
 
     def memory_required(self, input_shape, **kwargs):
-        return self.memory
+        return self.memory  # inf: the fork's free-memory check takes one entry per call
 
     def apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        # reForge model_base.py:191, Forge backend/modules/k_model.py:45
         return self.diffusion_model(x, t, context=c_crossattn, control=control, transformer_options=transformer_options)
 
 
@@ -71,7 +83,8 @@ def kohya(model, seed, kind, only=lambda name: True):
     gen = torch.Generator().manual_seed(seed)
     sd, to_load = {}, {}
     for name, layer in model.diffusion_model.named_modules():
-        if not isinstance(layer, (nn.Linear, nn.Conv2d)) or not only(name):
+        linear = isinstance(layer, nn.Linear) or (HOST == "forge" and isinstance(layer, ForgeOperations.Linear))
+        if not (linear or isinstance(layer, nn.Conv2d)) or not only(name):
             continue
         prefix = "lora_unet_" + name.replace(".", "_")
         to_load[prefix] = f"diffusion_model.{name}.weight"
@@ -88,26 +101,56 @@ def kohya(model, seed, kind, only=lambda name: True):
             if kind == "dora":
                 sd[f"{prefix}.dora_scale"] = layer.weight.flatten(1).norm(dim=1, keepdim=True) * 1.1
         sd[f"{prefix}.alpha"] = torch.tensor(1.0)
-    return host_lora.load_lora(sd, to_load)
+    loaded = host_lora.load_lora(sd, to_load)
+    return loaded[0] if isinstance(loaded, tuple) else loaded  # Forge's loader also returns the unmatched keys
 
 
 def chain(root, loras):
+    """One clone per LoRA, its entries added at its strength (each fork's networks.py does this)."""
     patcher = root
-    for patches, strength in loras:
+    for filename, patches, strength in loras:
         patcher = patcher.clone()
-        patcher.add_patches(patches, strength)
+        if HOST == "forge":
+            patcher.add_patches(filename=filename, patches=patches, strength_patch=strength)
+        else:
+            patcher.add_patches(patches, strength)
     return patcher
 
 
 def merged(patcher):
-    for key in patcher.patches:
-        patcher.patch_weight_to_device(key)
+    """What loading the patcher does: the fork merges its entries (the original kept in a backup)."""
+    if HOST == "forge":
+        patcher.lora_loader.refresh(patcher.lora_patches, offload_device=torch.device("cpu"), force_refresh=True)
+    else:
+        for key in patcher.patches:
+            patcher.patch_weight_to_device(key)
 
 
 def restore(patcher):
-    for key, saved in list(patcher.backup.items()):
-        host_utils.set_attr_param(patcher.model, key, saved.weight)
-    patcher.backup.clear()
+    if HOST == "forge":
+        patcher.lora_loader.refresh({}, offload_device=torch.device("cpu"), force_refresh=True)
+    else:
+        for key, saved in list(patcher.backup.items()):
+            host_utils.set_attr_param(patcher.model, key, saved.weight)
+        patcher.backup.clear()
+
+
+def batched(model, cond, uncond):
+    if HOST == "forge":
+        return sf.calc_cond_uncond_batch(model, cond or [], uncond, x, sigma, {})
+    return sf.calc_cond_batch(model, [cond, uncond], x, sigma, {})
+
+
+def forge_linears(module):
+    """Forge builds its layers from ForgeOperations: the same weights in its Linear (an nn.Module)."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Linear):
+            layer = ForgeOperations.Linear(child.in_features, child.out_features)
+            layer.load_state_dict(child.state_dict())
+            setattr(module, name, layer.requires_grad_(False))
+        else:
+            forge_linears(child)
+    return module
 
 
 B = 2
@@ -117,53 +160,64 @@ ctx_c, ctx_u = torch.randn(B, 7, 12), torch.randn(B, 7, 12)
 
 
 def entries(ctx):
-    return [{"model_conds": {"c_crossattn": CONDCrossAttn(ctx)}}]
+    return [{"model_conds": {"c_crossattn": CrossAttn(ctx)}}]
+
+
+def selected_of(after, root, nets):
+    if HOST == "forge":
+        return forge.selected_entries(after, nets[:1])
+    return reforge.selected_entries(after, root, nets, nets[:1])
 
 
 def case(name, style_kind, omega, split):
-    model = Model(TinyUNet(16, 12).requires_grad_(False))
-    root = UnetPatcher(model, torch.device("cpu"), torch.device("cpu"))
-    subject = kohya(model, 1, "lora")
-    style = kohya(model, 2, style_kind, only=lambda n: "attn" in n)
-    loras = [(subject, 1.0), (style, 0.8)]
-    after = chain(root, loras)
-    snapshot = {k: list(v) for k, v in after.patches.items()}
-    names = [type("Net", (), {"name": n})() for n in ("subject", "style")]
-    selected = reforge.selected_entries(after, root, names, names[:1])
+    unet = TinyUNet(16, 12).requires_grad_(False)
+    model = Model(forge_linears(unet) if HOST == "forge" else unet)
+    root = RootPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    subject = ("/loras/subject.safetensors", kohya(model, 1, "lora"))
+    style = ("/loras/style.safetensors", kohya(model, 2, style_kind, only=lambda n: "attn" in n))
+    after = chain(root, [(*subject, 1.0), (*style, 0.8)])
+    entries_of = (lambda p: {k: [list(e) for e in v] for k, v in p.lora_patches.items()}) if HOST == "forge" \
+        else (lambda p: {k: list(v) for k, v in p.patches.items()})
+    snapshot = entries_of(after)
+    nets = [type("Net", (), {"name": n, "network_on_disk": type("Disk", (), {"filename": f})()})()
+            for n, f in (("subject", subject[0]), ("style", style[0]))]
+    selected = selected_of(after, root, nets)
     pass_patcher = after.clone()
-    deltas = reforge.patcher_deltas(pass_patcher, selected, omega)
+    deltas = adapter.patcher_deltas(pass_patcher, selected, omega)
     model.memory = float("inf") if split else 0.0
     calls = []
-    model.diffusion_model.register_forward_pre_hook(
+    recorder = model.diffusion_model.register_forward_pre_hook(
         lambda m, a, k: calls.append(k["transformer_options"]["cond_or_uncond"]), with_kwargs=True)
     router = MarkedRowRouter(model.diffusion_model, WeakBranch(omega, deltas), reforge.rows_of_call)
     merged(pass_patcher)
     try:
         with router, torch.no_grad():
             router.begin_step(ctx_c, ctx_u)
-            cond_pg, uncond_pg = samplers.calc_cond_batch(model, [entries(ctx_c), entries(ctx_u)], x, sigma, {})
+            cond_pg, uncond_pg = batched(model, entries(ctx_c), entries(ctx_u))
     finally:
         restore(pass_patcher)
-    model.diffusion_model._forward_pre_hooks.clear()  # the probe's own recorder
-    weak = chain(root, [(subject, omega), (style, 0.8)])
+        recorder.remove()
+    weak = chain(root, [(*subject, omega), (*style, 0.8)])
     merged(weak)
     with torch.no_grad():
-        uncond_ref = samplers.calc_cond_batch(model, [None, entries(ctx_u)], x, sigma, {})[1]
+        uncond_ref = batched(model, None, entries(ctx_u))[1]
     restore(weak)
     merged(after)
     with torch.no_grad():
-        cond_ref = samplers.calc_cond_batch(model, [entries(ctx_c), None], x, sigma, {})[0]
+        cond_ref = batched(model, entries(ctx_c), None)[0]
+        uncond_full = batched(model, None, entries(ctx_u))[1]
     restore(after)
     err_u = float((uncond_pg - uncond_ref).abs().max())
     err_c = float((cond_pg - cond_ref).abs().max())
-    moved = float((uncond_ref - samplers.calc_cond_batch(model, [None, entries(ctx_u)], x, sigma, {})[1]).abs().max())
+    moved = float((uncond_ref - uncond_full).abs().max())
     kinds = sorted({type(d).__name__ for ds in deltas.values() for d in ds})
-    check(name, err_u < 1e-4 and err_c < 1e-5 and moved > 1e-3,
+    linears = sum(1 for layer in deltas if type(layer).__name__ == "Linear")
+    check(name, err_u < 1e-4 and err_c < 1e-5 and moved > 1e-3 and linears > 0,
           f"ω={omega} calls {calls}, max |uncond PG − ref| = {err_u:.1e}, |cond PG − ref| = {err_c:.1e}, "
-          f"uncond at θ_ω vs at θ (no LoRA) differs by {moved:.3f}, deltas {kinds}")
+          f"uncond at θ_ω vs θ' differs by {moved:.3f}, deltas {kinds} on {len(deltas)} layers ({linears} Linear)")
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-    same = after.patches == snapshot and all(a is b for k in snapshot for a, b in zip(after.patches[k], snapshot[k]))
-    check(f"{name}.clean", hooks == 0 and same and not after.backup, f"hooks left {hooks}, chain entries unchanged {same}")
+    same = entries_of(after) == snapshot
+    check(f"{name}.clean", hooks == 0 and same, f"hooks left {hooks}, chain entries unchanged {same}")
 
 
 case("one_call", "lora", 0.0, split=False)

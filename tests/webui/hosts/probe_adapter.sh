@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bash tests/webui/hosts/probe_adapter.sh reforge : PG's adapter on the fork's own code (no server, no model)
-HOST_NAME=${1:?host: reforge}
+# bash tests/webui/hosts/probe_adapter.sh reforge|forge : PG's adapter on the fork's own code (no server, no model)
+HOST_NAME=${1:?host: reforge or forge}
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 host_paths
 [[ -x $PY ]] || fail "no venv: run $HOST_NAME/setup.sh"
