@@ -110,6 +110,8 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
     import torch
     from backend.patcher.lora import merge_lora_to_weight
 
+    _register_layers()  # before any layer check: without it Forge's Linears would look unsupported
+
     def merge(entries, weight, key):
         return merge_lora_to_weight(entries, weight, key, computation_dtype=torch.float32)
 
@@ -120,7 +122,6 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
 
 def begin_pass(p, session, encode_weak, extra_unet_deltas):
     """Clone the UNet patcher for this pass (Forge's own pattern), hook its UNet; undone when the pass ends."""
-    _register_layers()
     session.end_pass()
     objects = p.sd_model.forge_objects
     previous = objects.unet

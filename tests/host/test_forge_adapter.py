@@ -194,6 +194,10 @@ def test_weak_rows_equal_the_loras_at_omega_times_strength(monkeypatch, omega, f
 
 
 def test_forge_linears_are_corrected_low_rank(monkeypatch):
+    """Also when nothing registered Forge's Linear before (a fresh process: patcher_deltas must do it)."""
+    import pg_ext.deltas
+
+    monkeypatch.setattr(pg_ext.deltas, "_LINEAR_LIKE", [])
     model = ForgeModel()
     model.apply_loras(_loras(model))
     _networks(monkeypatch)

@@ -99,7 +99,8 @@ def kohya(model, seed, kind, only=lambda name: True):
             sd[f"{prefix}.lora_up.weight"] = rnd(out_f, r, 1, 1) if conv else rnd(out_f, r)
             sd[f"{prefix}.lora_down.weight"] = rnd(r, layer.weight.shape[1], *layer.kernel_size) if conv else rnd(r, in_f)
             if kind == "dora":
-                sd[f"{prefix}.dora_scale"] = layer.weight.flatten(1).norm(dim=1, keepdim=True) * 1.1
+                norms = layer.weight.flatten(1).norm(dim=1)  # one per output channel, shaped like the weight
+                sd[f"{prefix}.dora_scale"] = norms.reshape(-1, *[1] * (layer.weight.dim() - 1)) * 1.1
         sd[f"{prefix}.alpha"] = torch.tensor(1.0)
     loaded = host_lora.load_lora(sd, to_load)
     return loaded[0] if isinstance(loaded, tuple) else loaded  # Forge's loader also returns the unmatched keys
