@@ -113,7 +113,7 @@ if os.environ.get("PG_EXT_DIR"):
         spec = importlib.util.spec_from_file_location("pg_script_check", os.path.join(ext, "scripts", "personalization_guidance.py"))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        status, detail = "OK", "imports"
+        status, detail = "OK", f"imports, host adapter {module.HOST.NAME!r}"
     except BaseException as e:
         status, detail = "FAIL", f"{type(e).__name__}: {e}".strip().splitlines()[0][:300]
         if os.environ.get("VERBOSE"):
