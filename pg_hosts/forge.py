@@ -6,7 +6,7 @@ What PG relies on (file:line at that commit; see docs/forks.md §1 and §5):
   uncond entries in reverse order (:187) into as few UNet calls as memory allows and marks each one
   with `transformer_options["cond_or_uncond"]` (:253; COND = 0, UNCOND = 1, :161-162), one int per
   chunk of B rows; the call reaches `diffusion_model(xc, t, context=, control=, transformer_options=)`
-  (`backend/modules/k_model.py:45`). Same marks as reForge: `reforge.rows_of_call` reads them.
+  (`backend/modules/k_model.py:45`). Same marks as reForge: `comfy.rows_of_call` reads them.
 * LoRAs: `extensions-builtin/sd_forge_lora/networks.py:108-126` loads the prompt's LoRAs in order with
   `add_patches(filename=network_on_disk.filename, ...)` on clones of the UNet and CLIP patchers
   (`:15-53`); `backend/patcher/base.py:91-117` stores them as `lora_patches[(filename, strength_patch,
@@ -36,8 +36,8 @@ from pg_ext.deltas import register_linear
 from pg_ext.patches import patch_deltas
 from pg_ext.session import merge_deltas
 
-from . import reforge
-from .reforge import loaded_networks, moves_blocks_per_call, original_param, replacement_unet_active, unet  # noqa: F401
+from .comfy import layer_of, loaded_networks, marked_router
+from .reforge import moves_blocks_per_call, original_param, replacement_unet_active, unet  # noqa: F401 (same in Forge)
 
 NAME = "forge"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for Forge yet (the script refuses it)
@@ -94,8 +94,8 @@ def _base_of(patcher):
     return base
 
 
-def _layer_of(root):
-    find = reforge._layer_of(root)
+def _unquantized_layer_of(root):
+    find = layer_of(root)
 
     def layer(key: str):
         found = find(key)
@@ -115,7 +115,7 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
     def merge(entries, weight, key):
         return merge_lora_to_weight(entries, weight, key, computation_dtype=torch.float32)
 
-    return patch_deltas(entries_by_key(patcher), selected, omega, _layer_of(patcher.model), _base_of(patcher), merge)
+    return patch_deltas(entries_by_key(patcher), selected, omega, _unquantized_layer_of(patcher.model), _base_of(patcher), merge)
 
 
 # -- attach ---------------------------------------------------------------------------------------------
@@ -152,4 +152,4 @@ def _hook(sd_model, patcher, session, encode_weak, extra_unet_deltas):
         [getattr(n, "name", "?") for n in selected], encode_weak,
         exact_weights=False,  # online LoRAs merge per forward: only the additive correction sees θ'
         empty_prompt=session.settings.weak_prompt == "empty", keep_on_device=True,
-        router=reforge._marked_router)
+        router=marked_router)

@@ -30,30 +30,21 @@ What PG relies on (file:line at that commit; see docs/forks.md §2):
 """
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 from pg_ext.config import SettingsError
 from pg_ext.patches import patch_deltas
-from pg_ext.router import MarkedRowRouter
-from pg_ext.rows import WeakRows
 from pg_ext.session import merge_deltas
 
+from .comfy import UNCOND, layer_of, loaded_networks, marked_router, rows_of_call  # noqa: F401 (the adapter's API)
+
 NAME = "reforge"
-UNCOND = 1  # index of the uncond entries in `conds = [cond, uncond]` (samplers.py sampling_function)
+SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for reForge yet (the script refuses it)
 
 
 def unet(sd_model):
     """The module every UNet call goes through (shared by all clones of the UNet patcher)."""
     return sd_model.forge_objects.unet.model.diffusion_model
-
-
-def loaded_networks() -> list:
-    networks = sys.modules.get("networks")  # the built-in Lora extension; None when it is disabled
-    return list(getattr(networks, "loaded_networks", []) or [])
-
-
-SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for reForge yet (the script refuses it)
 
 
 def original_param(module, name: str):
@@ -72,22 +63,6 @@ def replacement_unet_active() -> bool:
 
 def weak_uncond(weak, host_uncond):
     return weak  # no marker token to carry over: reForge's ControlNet rides on the cond entries
-
-
-# -- rows ---------------------------------------------------------------------------------------------
-
-def rows_of_call(args: tuple, kwargs: dict) -> Optional[WeakRows]:
-    """The weak (uncond) rows of one UNet call from its `cond_or_uncond` marks; None when it has none."""
-    options = kwargs.get("transformer_options")
-    marks = options.get("cond_or_uncond") if isinstance(options, dict) else None
-    x = args[0] if args else kwargs.get("x")
-    if marks is None or x is None:
-        return None
-    return WeakRows.from_chunk_marks(marks, x.shape[0], weak_mark=UNCOND)
-
-
-def _marked_router(module, branch):
-    return MarkedRowRouter(module, branch, rows_of_call)
 
 
 # -- which entries belong to which LoRA ----------------------------------------------------------------
@@ -127,16 +102,6 @@ def selected_entries(after, original, loaded: list, selected: list) -> set[int]:
 
 # -- θ_ω differences from a patcher ---------------------------------------------------------------------
 
-def _layer_of(root):
-    def find(key: str):
-        path, _, name = key.rpartition(".")
-        try:
-            return root.get_submodule(path), name
-        except AttributeError:
-            return None
-    return find
-
-
 def _base_of(patcher):
     def base(key: str):
         backup = patcher.backup.get(key)
@@ -151,7 +116,7 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
     """θ' − θ_ω per layer of the patcher's model, from its entries, merged by the host's own function."""
     from ldm_patched.modules.lora import calculate_weight
 
-    return patch_deltas(patcher.patches, selected, omega, _layer_of(patcher.model), _base_of(patcher),
+    return patch_deltas(patcher.patches, selected, omega, layer_of(patcher.model), _base_of(patcher),
                         merge=calculate_weight)
 
 
@@ -197,4 +162,4 @@ def _hook(sd_model, patcher, session, encode_weak, extra_unet_deltas):
         patcher.model.diffusion_model, merge_deltas(unet_deltas, extra_unet_deltas), text_deltas,
         [getattr(n, "name", "?") for n in selected], encode_weak,
         exact_weights=False,  # low-VRAM modules merge per forward: only the additive correction sees θ'
-        empty_prompt=session.settings.weak_prompt == "empty", keep_on_device=True, router=_marked_router)
+        empty_prompt=session.settings.weak_prompt == "empty", keep_on_device=True, router=marked_router)
