@@ -2,7 +2,7 @@
 
 What changes against tests/host/test_script.py: `shared.sd_model` is served as reForge serves it
 (forge_objects, patchers of our ldm_patched double), the Lora extension only names the networks and
-adds patcher entries, and the CFG step is reForge's (reforge_double/cfg_denoiser.py: B-row callback,
+adds patcher entries, and the CFG step is reForge's (reforge_double/reforge_cfg_denoiser.py: B-row callback,
 then sampling_function on the pass's UNet patcher). The reference recomputes every step the slow way:
 the selected LoRAs at ω × strength in a patcher chain of their own, the uncond entry run alone.
 """
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import reforge_model  # noqa: F401  (puts the reForge double on sys.path)
-from cfg_denoiser import reforge_cfg_step
+from reforge_cfg_denoiser import reforge_cfg_step
 from ldm_patched.modules.samplers import calc_cond_batch
 from modules import processing, prompt_parser, scripts, sd_samplers, shared
 from pg_host import images, load_pg, make_p, pg_module, run
