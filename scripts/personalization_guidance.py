@@ -190,7 +190,7 @@ def _base_deltas(settings: Settings, sd_model, unet) -> dict:
     """Differences of the loaded UNet from the base checkpoint (cached between jobs)."""
     if not settings.base_checkpoint:
         return {}
-    if not getattr(HOST, "SUPPORTS_BASE_CHECKPOINT", True):
+    if not HOST.SUPPORTS_BASE_CHECKPOINT:
         raise SettingsError("base_checkpoint", settings.base_checkpoint,
                             f"is not supported in this WebUI ({HOST.NAME}) yet: PG works with LoRAs here")
     info = _base_info(settings.base_checkpoint)
