@@ -211,9 +211,23 @@ class Settings:
             return cls(enabled=False)
         values: dict[str, Any] = {"enabled": True}
         for f in FIELDS:
-            if f.infotext and f.infotext in params:
-                values[f.name] = params[f.infotext]
+            value = infotext_value(params, f.infotext) if f.infotext else None
+            if value is not None:
+                values[f.name] = value
         return cls.from_values(values)
+
+
+def infotext_value(params: Mapping[str, str], key: str, default: Any = None) -> Any:
+    """`params[key]`, also when the WebUI's parser split a value shaped like "512x768" into key-1, key-2.
+
+    The WebUI reads every "NxM" value as a size (a LoRA named "0x0" comes back as 'PG LoRAs-1': '0',
+    'PG LoRAs-2': '0'); put it back together.
+    """
+    if key in params:
+        return params[key]
+    if f"{key}-1" in params and f"{key}-2" in params:
+        return f"{params[key + '-1']}x{params[key + '-2']}"
+    return default
 
 
 OVERRIDES_ATTR = "personalization_guidance"  # on a processing object: name -> value, read by the script

@@ -394,7 +394,7 @@ def _paste_fields(controls: dict) -> list:
             if name == "base_checkpoint" and key in params:
                 info = sd_models.get_closet_checkpoint_match(params[key])
                 return info.title if info else gr.update()
-            return params.get(key, default)
+            return config.infotext_value(params, key, default)
         return value
 
     fields = [PasteField(controls["enabled"], lambda params: "PG omega" in params)]
