@@ -131,6 +131,21 @@ def main() -> None:
                         os.path.join(HERE, "..", "tests", "webui", "harness_models.py")], check=True)
         client.post("/sdapi/v1/refresh-loras", {})
 
+    functional_before = client.get("/sdapi/v1/options").get("lora_functional", False)
+    if args.family == "sdxl" and not functional_before:
+        # fp32 SDXL on a small machine: the Lora extension's default mode backs up every weight it may merge
+        # into (a second model copy); its functional mode keeps none (tests/webui/conftest.py, lora_mode)
+        print("[bench] SDXL: Lora functional mode for this run")
+        client.post("/sdapi/v1/options", {"lora_functional": True})
+    try:
+        rows = run_sizes(client, pid, args, family, groups, sizes, steps_at)
+    finally:
+        if args.family == "sdxl" and not functional_before:
+            client.post("/sdapi/v1/options", {"lora_functional": False})
+    print_table(args, pid, rows)
+
+
+def run_sizes(client, pid, args, family, groups, sizes, steps_at) -> list[tuple]:
     rows = []
     for size in sizes:
         steps = steps_at.get(size, args.steps)
@@ -161,6 +176,10 @@ def main() -> None:
             finally:
                 client.post("/sdapi/v1/options", {"sd_model_checkpoint": before})
 
+    return rows
+
+
+def print_table(args, pid, rows) -> None:
     print(f"\n{args.family}, Euler, CFG 7, batch 1, ω={args.omega}, {args.rounds} rounds alternating after a warm-up; "
           f"OMP_NUM_THREADS as the WebUI was started; pid {pid}")
     print("| size | steps | group | variant | median s/image | best s/image | ratio vs CFG (median) | peak RSS GiB |")
