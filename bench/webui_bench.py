@@ -1,14 +1,15 @@
 """Benchmark (not a test): PG off vs on in the running real WebUI, same seed, alternating, several rounds.
 
     PG_WEBUI_URL=http://127.0.0.1:7861 python bench/webui_bench.py [--rounds 3] [--sizes 128,256,512]
-        [--steps 8] [--steps-at 512:3] [--only lora,dreambooth-exact]
+        [--steps 8] [--steps-at 512:3] [--only lora,dreambooth-exact] [--family sd15|sdxl]
 
 Prints the time per image (median over rounds, whole request), its ratio to plain CFG (median over
 median) and the WebUI process's peak RSS during each image (VmHWM, reset through /proc/<pid>/clear_refs
 before every request; the PID is read from $HARNESS/logs/webui-<port>.pid), at every size, for: plain CFG
 vs PG with a plain LoRA (low-rank path), a LoHa and a full-diff file (dense paths; made from the harness
 LoRA by tests/webui/harness_models.py), and a DreamBooth checkpoint (rand_sd15_dreambooth loaded, base
-rand_sd15) in exact and low-memory mode ("dreambooth") or exact mode only ("dreambooth-exact").
+rand_sd15) in exact and low-memory mode ("dreambooth"), or one of them ("dreambooth-exact",
+"dreambooth-low-memory"). `--family sdxl`: the SDXL harness LoRA and DreamBooth pair (rand_sdxl loaded).
 PG and CFG alternate within each round (the order flips every round), after one warm-up image of each.
 """
 from __future__ import annotations
@@ -26,6 +27,11 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests", "webui"))
 import webui_client as wc  # noqa: E402
 
 HARNESS = os.environ.get("HARNESS") or os.path.expanduser("~/.cache/pg-webui-harness")
+# per harness model family: the subject LoRA, and the DreamBooth pair (loaded checkpoint, base)
+FAMILIES = {
+    "sd15": dict(lora="rand_lora", dreambooth="rand_sd15_dreambooth", base="rand_sd15"),
+    "sdxl": dict(lora="rand_sdxl_lora", dreambooth="rand_sdxl_dreambooth", base="rand_sdxl"),
+}
 
 
 def webui_pid(url: str) -> int | None:
@@ -109,12 +115,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--steps-at", default="512:3", help="fewer steps at large sizes on CPU, e.g. 512:3")
     ap.add_argument("--omega", type=float, default=0.5)
+    ap.add_argument("--family", choices=sorted(FAMILIES), default="sd15",
+                    help="harness models (the WebUI must have that family's checkpoint loaded)")
     ap.add_argument("--only", default="", help="comma-separated groups: lora,loha,full,dreambooth,dreambooth-exact")
     args = ap.parse_args()
     sizes = [args.size] if args.size else [int(x) for x in args.sizes.split(",") if x]
     steps_at = _steps_at(args.steps_at)
     client = wc.Client(args.url)
     pid = webui_pid(args.url)
+    family = FAMILIES[args.family]
     groups = [g for g in (args.only.split(",") if args.only else ["lora", "loha", "full", "dreambooth"]) if g]
     names = {x["name"] for x in client.get("/sdapi/v1/loras")}
     if {"loha", "full"} & set(groups) and not {"pg_loha", "pg_full"} <= names:
@@ -122,6 +131,21 @@ def main() -> None:
                         os.path.join(HERE, "..", "tests", "webui", "harness_models.py")], check=True)
         client.post("/sdapi/v1/refresh-loras", {})
 
+    functional_before = client.get("/sdapi/v1/options").get("lora_functional", False)
+    if args.family == "sdxl" and not functional_before:
+        # fp32 SDXL on a small machine: the Lora extension's default mode backs up every weight it may merge
+        # into (a second model copy); its functional mode keeps none (tests/webui/conftest.py, lora_mode)
+        print("[bench] SDXL: Lora functional mode for this run")
+        client.post("/sdapi/v1/options", {"lora_functional": True})
+    try:
+        rows = run_sizes(client, pid, args, family, groups, sizes, steps_at)
+    finally:
+        if args.family == "sdxl" and not functional_before:
+            client.post("/sdapi/v1/options", {"lora_functional": False})
+    print_table(args, pid, rows)
+
+
+def run_sizes(client, pid, args, family, groups, sizes, steps_at) -> list[tuple]:
     rows = []
     for size in sizes:
         steps = steps_at.get(size, args.steps)
@@ -129,27 +153,34 @@ def main() -> None:
         def req(prompt, **extra):
             return wc.base_request(prompt=prompt, size=size, steps=steps, seed=4321, **extra)
 
-        for kind, tag in (("lora", "rand_lora"), ("loha", "pg_loha"), ("full", "pg_full")):
+        for kind, tag in (("lora", family["lora"]), ("loha", "pg_loha"), ("full", "pg_full")):
             if kind in groups:
                 base = req(f"a photo of a cat <lora:{tag}:1>")
                 rows += [(size, steps) + r for r in run_group(client, pid, f"{kind} {size}px", {
                     "CFG": base, f"PG {kind}": wc.with_pg(base, wc.pg_args(omega=args.omega))}, args.rounds)]
-        if "dreambooth" in groups or "dreambooth-exact" in groups:
+        db_groups = {"dreambooth", "dreambooth-exact", "dreambooth-low-memory"} & set(groups)
+        if db_groups:
             before = client.get("/sdapi/v1/options")["sd_model_checkpoint"]
-            client.post("/sdapi/v1/options", {"sd_model_checkpoint": "rand_sd15_dreambooth"})
+            client.post("/sdapi/v1/options", {"sd_model_checkpoint": family["dreambooth"]})
             try:
                 base = req("a photo of a sks cat")
-                variants = {"CFG": base,
-                            "PG exact": wc.with_pg(base, wc.pg_args(omega=args.omega, base_checkpoint="rand_sd15"))}
-                if "dreambooth" in groups:
+                variants = {"CFG": base}
+                if db_groups & {"dreambooth", "dreambooth-exact"}:
+                    variants["PG exact"] = wc.with_pg(base, wc.pg_args(omega=args.omega,
+                                                                       base_checkpoint=family["base"]))
+                if db_groups & {"dreambooth", "dreambooth-low-memory"}:
                     variants["PG low-memory"] = wc.with_pg(base, wc.pg_args(
-                        omega=args.omega, base_checkpoint="rand_sd15", base_mode="low-memory"))
+                        omega=args.omega, base_checkpoint=family["base"], base_mode="low-memory"))
                 rows += [(size, steps) + r for r in run_group(client, pid, f"dreambooth {size}px", variants,
                                                               args.rounds)]
             finally:
                 client.post("/sdapi/v1/options", {"sd_model_checkpoint": before})
 
-    print(f"\nEuler, CFG 7, batch 1, ω={args.omega}, {args.rounds} rounds alternating after a warm-up; "
+    return rows
+
+
+def print_table(args, pid, rows) -> None:
+    print(f"\n{args.family}, Euler, CFG 7, batch 1, ω={args.omega}, {args.rounds} rounds alternating after a warm-up; "
           f"OMP_NUM_THREADS as the WebUI was started; pid {pid}")
     print("| size | steps | group | variant | median s/image | best s/image | ratio vs CFG (median) | peak RSS GiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

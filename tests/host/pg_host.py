@@ -98,8 +98,9 @@ class SlowReference:
     def on_denoiser(self, params):
         p = params.denoiser.p
         prompts = list(p.negative_prompts) if self.weak_prompt == "negative" else [""] * len(p.negative_prompts)
+        size = dict(width=p.hr_upscale_to_x, height=p.hr_upscale_to_y) if p.is_hr_pass else dict(width=p.width, height=p.height)
         weak = self.with_scale(lambda: prompt_parser.get_learned_conditioning(
-            shared.sd_model, prompt_parser.SdConditioning(prompts, is_negative_prompt=True), p.firstpass_steps), te=True)
+            shared.sd_model, prompt_parser.SdConditioning(prompts, is_negative_prompt=True, **size), p.firstpass_steps), te=True)
         weak = prompt_parser.reconstruct_cond_batch(weak, params.denoiser.step)
         if params.text_uncond.shape[1] == weak.shape[1] + 1:  # marked conditioning (ControlNet): same mark
             weak = torch.cat([params.text_uncond[:, :1], weak], 1)
@@ -108,13 +109,20 @@ class SlowReference:
         cond_tokens = params.text_cond.shape[1]
         if shared.opts.pad_cond_uncond and weak.shape[1] < cond_tokens:  # the host pads it in the call
             empty = shared.sd_model.cond_stage_model_empty_prompt
-            weak = torch.cat([weak, empty.repeat(b, (cond_tokens - weak.shape[1]) // empty.shape[1], 1)], 1)
+            tokens = _crossattn(weak)
+            tokens = torch.cat([tokens, empty.repeat(b, (cond_tokens - tokens.shape[1]) // empty.shape[1], 1)], 1)
+            weak = {**weak, "crossattn": tokens} if isinstance(weak, dict) else tokens
         self.rows = (params.x[-b:].clone(), params.sigma[-b:].clone(), params.image_cond[-b:].clone(), weak)
 
     def on_denoised(self, params):
         x, sigma, image_cond, uncond = self.rows
-        out = self.with_scale(lambda: params.inner_model(x, sigma, cond={"c_crossattn": [uncond], "c_concat": [image_cond]}))
+        cond = {**uncond} if isinstance(uncond, dict) else {"c_crossattn": [uncond]}  # SDXL: crossattn + vector
+        out = self.with_scale(lambda: params.inner_model(x, sigma, cond={**cond, "c_concat": [image_cond]}))
         params.x[-x.shape[0]:] = out
+
+
+def _crossattn(cond):
+    return cond["crossattn"] if isinstance(cond, dict) else cond
 
 
 def _classify(context, cond, uncond):
@@ -132,7 +140,7 @@ class LayoutRecorder:
         self.steps, self.params = [], []
 
     def on_denoiser(self, params):
-        self.step = (params.text_cond, params.text_uncond)
+        self.step = (_crossattn(params.text_cond), _crossattn(params.text_uncond))
         self.steps.append([])
         self.params.append({k: getattr(params, k) for k in vars(params)})
 

@@ -62,6 +62,26 @@ def _family_matches(request):
         pytest.skip(f"written for {', '.join(wanted)}; the WebUI has {loaded or 'another model'} loaded")
 
 
+def _ram_gib() -> float:
+    with open("/proc/meminfo") as f:
+        return int(f.readline().split()[1]) / 2**20
+
+
+@pytest.fixture(scope="session")
+def lora_mode(api, loaded_family):
+    """SDXL in fp32 on a small machine: with any LoRA loaded, A1111's Lora extension backs up every weight it
+    may merge into (a second copy of the model: +9 GB for SDXL, killed at 24 GB here). Such runs use the Lora
+    extension's functional mode ("use old method": no merging, no backups); the setting comes back afterwards."""
+    before = api.get("/sdapi/v1/options").get("lora_functional", False)
+    wanted = before or (loaded_family == "rand_sdxl" and _ram_gib() < 40)
+    if wanted != before:
+        print(f"\n[tests/webui] {loaded_family} on {_ram_gib():.0f} GiB: Lora functional mode for this run")
+        api.post("/sdapi/v1/options", {"lora_functional": wanted})
+    yield wanted
+    if wanted != before:
+        api.post("/sdapi/v1/options", {"lora_functional": before})
+
+
 @pytest.fixture(scope="session", autouse=True)
 def model_untouched(request):
     """PG-off image (with a LoRA: its weight backups are where leftovers hide) before and after the suite.
@@ -72,6 +92,7 @@ def model_untouched(request):
         yield None
         return
     client = request.getfixturevalue("api")
+    request.getfixturevalue("lora_mode")  # before the first LoRA job
     lora = wc.FAMILY_LORAS.get(request.getfixturevalue("loaded_family"), ("rand_lora",))[0]
     request_off = wc.base_request(prompt=f"a photo of a cat <lora:{lora}:1>")
     before = client.txt2img(request_off)["pixels"]

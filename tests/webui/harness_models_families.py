@@ -14,7 +14,8 @@ Seeded and idempotent (a file that exists is kept; --force remakes). Writes unde
   sdxl   Stable-diffusion/rand_sdxl.safetensors (sgm's sd_xl_base.yaml, UNet 2.57 B parameters, fp16 on disk),
          Stable-diffusion/rand_sdxl_dreambooth.safetensors (the base with its UNet perturbed),
          Lora/rand_sdxl_lora.safetensors (UNet + both text encoders: lora_unet_, lora_te1_, lora_te2_ keys),
-         Lora/rand_sdxl_other_lora.safetensors (a second, different LoRA: the "unselected LoRA" case).
+         Lora/rand_sdxl_other_lora.safetensors (a second, different LoRA: the "unselected LoRA" case),
+         VAE-approx/vaeapprox-sdxl.pt (the preview decoder the WebUI would otherwise try to download).
 
 Weights are random; the zero-initialised output layers are re-initialised and the UNet's output, the
 prompt's effect and the VAE's output are calibrated so that sampling gives finite, non-trivial images.
@@ -310,6 +311,28 @@ def make_sdxl(force: bool) -> list[str]:
     return ckpts + loras
 
 
+# The WebUI loads its "Approx NN" preview decoder for every job (modules/sd_vae_approx.py) and downloads it when
+# missing: SD 1.x's ships with the WebUI, SDXL's does not. Same layer shapes: 8 convolutions, channels below.
+VAE_APPROX_CHANNELS = ((4, 8, 7), (8, 16, 5), (16, 32, 3), (32, 64, 3), (64, 32, 3), (32, 16, 3), (16, 8, 3), (8, 3, 3))
+
+
+def make_vae_approx_sdxl() -> list[str]:
+    """A random preview decoder for SDXL (previews only: never part of a generated image)."""
+    path = os.path.join(MODELS, "VAE-approx", "vaeapprox-sdxl.pt")
+    if os.path.exists(path):
+        return []
+    gen = torch.Generator().manual_seed(1028)
+    state = {}
+    for i, (cin, cout, k) in enumerate(VAE_APPROX_CHANNELS, start=1):
+        state[f"conv{i}.weight"] = torch.randn(cout, cin, k, k, generator=gen) / (cin * k * k) ** 0.5
+        state[f"conv{i}.bias"] = torch.zeros(cout)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # the legacy pickle format: the WebUI's restricted loader (modules/safe.py) rejects the entries newer
+    # torch versions add to the zip format, and would load None
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    return [path]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("family", choices=("sd21v", "sdxl"))
@@ -317,7 +340,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     started = time.time()
-    written = (make_sd21v if args.family == "sd21v" else make_sdxl)(args.force)
+    written = make_sd21v(args.force) if args.family == "sd21v" else make_sdxl(args.force) + make_vae_approx_sdxl()
     for path in written:
         print("wrote", path)
     print(f"{args.family}: {'nothing to do' if not written else f'done in {time.time() - started:.0f} s'}")

@@ -67,3 +67,24 @@ AXIS_OPTION_PARAMS = ("label", "type", "apply", "format_value", "confirm", "cost
 
 # Settings: OptionInfo(default, label, component, component_args, ...) with .info() and .needs_reload_ui().
 OPTION_INFO_PARAMS = ("default", "label", "component", "component_args")
+
+# SDXL (`sd_model.is_sdxl`; the double's model: tiny_sdxl.TinySDXL). The conditioning is a dict: the
+# text_cond / text_uncond that on_cfg_denoiser sees have these keys ("crossattn" [N, T, C], "vector" [N, D]),
+# are DictWithShape (`.shape` is the crossattn's: token counts are compared on it) and, like tensor
+# conditioning, R cond rows and B uncond rows.
+SDXL_COND_KEYS = ("crossattn", "vector")
+SDXL_COND_TYPE = "DictWithShape"
+# Keys of the `cond` dict the model's apply_model gets: the conditioning's own keys plus the denoiser's
+# "c_concat" (batch_cond_uncond on or off, in every call).
+SDXL_MODEL_COND_KEYS = ("c_concat", "crossattn", "vector")
+# How the UNet gets them: keyword -> conditioning key; `y` has one row per row of x.
+SDXL_UNET_KWARGS = {"context": "crossattn", "y": "vector"}
+# Lora layer-name prefixes of the two text encoders (embedder index + module path under `.wrapped`); both
+# follow te_multiplier ("transformer" within the first 20 characters).
+SDXL_TE_LAYER_PREFIXES = ("0_transformer_", "1_model_transformer_")
+# An all-empty negative prompt: these parts of text_uncond are all zero (the text encoders' outputs are
+# forced to zero; the pooled text part of "vector" comes first, the size embeddings after it stay).
+SDXL_EMPTY_NEGATIVE_ZERO = ("crossattn", "vector[:pooled]")
+# The layouts of these LAYOUT_CASES hold unchanged on SDXL (rows told apart by their crossattn).
+SDXL_LAYOUT_CASES = ("plain batch 2", "batch 2 + AND", "uneven AND, batch_cond_uncond off", "unequal lengths",
+                     "unequal lengths, padded", "prompt == negative")

@@ -4,7 +4,9 @@ Claims:
 - `loaded_networks`: the prompt's networks in prompt order, each with the attributes in
   contract.NETWORK_ATTRS; `modules` maps a layer's `network_layer_name` to a module object.
 - Layer names are module paths with "." -> "_": text-encoder layers from `cond_stage_model.wrapped`, UNet
-  layers from `sd_model.model` (so they start with "diffusion_model_").
+  layers from `sd_model.model` (so they start with "diffusion_model_"). On SDXL (`sd_model.is_sdxl`) the
+  text-encoder layers are those under `conditioner.embedders[i].wrapped` of every embedder that has one,
+  named "<i>_<path>" (e.g. "0_transformer_...", "1_model_transformer_...").
 - A LoRA module has up_model/down_model (torch layers), alpha, dim, scale, bias/mid_model/dora_scale None;
   calc_scale() = scale, else alpha/dim, else 1; multiplier() = te_multiplier for layers whose key has
   "transformer" in its first 20 characters, else unet_multiplier; calc_updown(w) returns
@@ -85,10 +87,13 @@ def register_network(name, factory=None, filename=None):
 
 
 def assign_network_names(sd_model):
-    roots = [("", getattr(sd_model.cond_stage_model, "wrapped", sd_model.cond_stage_model)), ("", sd_model.model)]
-    for _, root in roots:
+    if getattr(sd_model, "is_sdxl", False):
+        roots = [(f"{i}_", e.wrapped) for i, e in enumerate(sd_model.conditioner.embedders) if hasattr(e, "wrapped")]
+    else:
+        roots = [("", getattr(sd_model.cond_stage_model, "wrapped", sd_model.cond_stage_model))]
+    for prefix, root in roots + [("", sd_model.model)]:
         for path, module in root.named_modules():
-            module.network_layer_name = path.replace(".", "_")
+            module.network_layer_name = prefix + path.replace(".", "_")
 
 
 def load_networks(names, te_multipliers, unet_multipliers):

@@ -14,6 +14,10 @@ Claims about the denoiser (modules/sd_samplers_cfg_denoiser.py), one call per sa
   rows in order (a chunk may hold cond and uncond rows).
 - the model is called as inner_model(x, sigma, cond={"c_crossattn": [c], "c_concat": [image_cond]});
   on_cfg_denoised sees the outputs (in-place edits count), then CFG combines them.
+- dict conditioning (SDXL; chosen by the uncond the step starts with, before on_cfg_denoiser): every
+  tensor of the dict is concatenated / sliced by rows like a tensor conditioning, token counts are read
+  from `.shape` (a DictWithShape's is its crossattn's), padding pads only "crossattn", and the model gets
+  cond={**c, "c_concat": [image_cond]}, i.e. {"crossattn": ..., "vector": ..., "c_concat": [...]}.
 - a refiner switch (p.refiner_checkpoint_info, step/total >= p.refiner_switch_at) happens before the
   step's rows are built; an interrupt (state.interrupted) ends sampling at the next step without error.
 """
@@ -35,6 +39,22 @@ def find_sampler_config(name):
 class InterruptedException(BaseException):
     pass
 
+
+def _cat(conds):
+    if isinstance(conds[0], dict):
+        return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+    return torch.cat(conds)
+
+
+def _rows(cond, a, b):
+    return {k: v[a:b] for k, v in cond.items()} if isinstance(cond, dict) else cond[a:b]
+
+
+def _pad(cond, chunks, empty):
+    """`cond` with `chunks` copies of the empty prompt's tokens appended (only crossattn for dicts)."""
+    if isinstance(cond, dict):
+        return prompt_parser.DictWithShape({**cond, "crossattn": _pad(cond["crossattn"], chunks, empty)})
+    return torch.cat([cond, empty.repeat(cond.shape[0], chunks, 1)], 1)
 
 
 class CFGDenoiser:
@@ -60,6 +80,7 @@ class CFGDenoiser:
         self._switch_refiner()
         conds_list, text_cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         text_uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step)
+        dict_cond = isinstance(text_uncond, dict)
         b = len(conds_list)
         rows = [i for i, parts in enumerate(conds_list) for _ in parts] + list(range(b))
         params = CFGDenoiserParams(x[rows], image_cond[rows], sigma[rows], shared.state.sampling_step,
@@ -81,23 +102,25 @@ class CFGDenoiser:
         if opts.pad_cond_uncond and text_cond.shape[1] != text_uncond.shape[1]:
             empty = shared.sd_model.cond_stage_model_empty_prompt
             short, long = sorted((text_cond, text_uncond), key=lambda t: t.shape[1])
-            padded = torch.cat([short, empty.repeat(short.shape[0], (long.shape[1] - short.shape[1]) // empty.shape[1], 1)], 1)
+            padded = _pad(short, (long.shape[1] - short.shape[1]) // empty.shape[1], empty)
             text_cond, text_uncond = (padded, long) if short is text_cond else (long, padded)
 
         def run(a, b_, c):
-            return self.inner_model(x_in[a:b_], sigma_in[a:b_], cond={"c_crossattn": [c], "c_concat": [ic_in[a:b_]]})
+            condition = {**c} if dict_cond else {"c_crossattn": [c]}
+            condition["c_concat"] = [ic_in[a:b_]]
+            return self.inner_model(x_in[a:b_], sigma_in[a:b_], cond=condition)
 
         x_out = torch.zeros_like(x_in)
         if skip or text_cond.shape[1] == text_uncond.shape[1]:
-            cond_in = text_cond if skip else torch.cat([text_cond, text_uncond])
+            cond_in = text_cond if skip else _cat([text_cond, text_uncond])
             size = x_in.shape[0] if opts.batch_cond_uncond else b
             for a in range(0, x_in.shape[0], size):
-                x_out[a:a + size] = run(a, a + size, cond_in[a:a + size])
+                x_out[a:a + size] = run(a, a + size, _rows(cond_in, a, a + size))
         else:
             size = 2 * b if opts.batch_cond_uncond else b
             r = text_cond.shape[0]
             for a in range(0, r, size):
-                x_out[a:min(a + size, r)] = run(a, min(a + size, r), text_cond[a:a + size])
+                x_out[a:min(a + size, r)] = run(a, min(a + size, r), _rows(text_cond, a, a + size))
             x_out[-text_uncond.shape[0]:] = run(x_in.shape[0] - text_uncond.shape[0], x_in.shape[0], text_uncond)
         if skip:
             x_out = torch.cat([x_out, x_out[[parts[0][0] for parts in conds_list]]])

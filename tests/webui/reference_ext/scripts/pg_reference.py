@@ -6,8 +6,8 @@ batch size) are run AGAIN through the k-diffusion wrapper with the weak model θ
 * LoRA: every selected loaded network's `unet_multiplier` is set to ω × its value; the Lora extension
   re-merges the weights on the next forward; the multipliers are restored in `finally` (the next
   forward re-merges the original weights).
-* Base checkpoint: every UNet parameter is replaced by torch.lerp(base, current, ω) for the call and
-  put back in `finally`.
+* Base checkpoint: every UNet parameter becomes torch.lerp(base, current, ω) for the call (in place) and
+  gets its exact old values back in `finally`.
 
 The weak conditioning (negative or empty prompt) is encoded once per pass with the selected networks'
 `te_multiplier` scaled by ω, and substituted for the host's uncond in on_cfg_denoiser.
@@ -59,35 +59,58 @@ class _Scaled:
 
 
 class _Interpolated:
-    """Context: each UNet parameter becomes lerp(base, current, ω); the original tensors come back on exit."""
+    """Context: each UNet parameter becomes lerp(base, current, ω) for the call; the exact old values come back on exit.
+
+    In place, one tensor at a time, so that a UNet is never held twice (SDXL's is 10 GB in fp32, on a 24 GB
+    machine). A parameter whose values equal the loaded checkpoint file's tensor is restored from that file;
+    any other (changed since loading) is cloned first.
+    """
+
+    PREFIX = "model.diffusion_model."
 
     def __init__(self, unet: torch.nn.Module, base_file: str | None, omega: float):
-        self.unet, self.base_file, self.omega, self.saved = unet, base_file, omega, []
+        self.unet, self.base_file, self.omega = unet, base_file, omega
+        self.cloned, self.from_file, self.loaded_file = [], [], None
 
     def __enter__(self):
         if not self.base_file:
             return
         from safetensors import safe_open
 
-        prefix = "model.diffusion_model."
-        with safe_open(self.base_file, framework="pt", device="cpu") as f:
-            keys = set(f.keys())
+        self.loaded_file = shared.sd_model.sd_checkpoint_info.filename
+        with safe_open(self.base_file, framework="pt", device="cpu") as base_f, \
+                safe_open(self.loaded_file, framework="pt", device="cpu") as loaded_f:
+            base_keys, loaded_keys = set(base_f.keys()), set(loaded_f.keys())
             try:
                 for name, param in self.unet.named_parameters():
-                    key = prefix + name
-                    if key not in keys:
+                    key = self.PREFIX + name
+                    if key not in base_keys:
                         raise RuntimeError(f"PG reference: base lacks {key}")
-                    base = f.get_tensor(key).to(device=param.device, dtype=param.dtype)
-                    self.saved.append((param, param.data))
-                    param.data = torch.lerp(base, param.data, self.omega)
+                    self._remember(param, key, loaded_f if key in loaded_keys else None)
+                    base = base_f.get_tensor(key).to(device=param.device, dtype=param.dtype)
+                    param.data.copy_(torch.lerp(base, param.data, self.omega))
             except BaseException:
                 self.__exit__()
                 raise
 
+    def _remember(self, param, key, loaded_f) -> None:
+        if loaded_f is not None:
+            original = loaded_f.get_tensor(key).to(device=param.device, dtype=param.dtype)
+            if torch.equal(original, param.data):
+                self.from_file.append((param, key))
+                return
+        self.cloned.append((param, param.data.clone()))
+
     def __exit__(self, *exc):
-        for param, data in self.saved:
-            param.data = data
-        self.saved = []
+        for param, data in self.cloned:
+            param.data.copy_(data)
+        if self.from_file:
+            from safetensors import safe_open
+
+            with safe_open(self.loaded_file, framework="pt", device="cpu") as loaded_f:
+                for param, key in self.from_file:
+                    param.data.copy_(loaded_f.get_tensor(key).to(device=param.device, dtype=param.dtype))
+        self.cloned, self.from_file = [], []
         return False
 
 
