@@ -45,3 +45,25 @@ def layer_of(root):
         except AttributeError:
             return None
     return find
+
+
+def on_cloned_unet(p, session, hook):
+    """Clone the UNet patcher for this pass (the forks' own pattern) and give it to `hook`; the previous
+    patcher comes back when the pass ends, or at once if `hook` fails."""
+    session.end_pass()
+    objects = p.sd_model.forge_objects
+    previous = objects.unet
+    patcher = previous.clone()
+    objects.unet = patcher
+
+    def restore():
+        if objects.unet is patcher:  # another extension may have replaced it since: leave theirs alone
+            objects.unet = previous
+
+    try:
+        plan = hook(patcher)
+    except BaseException:
+        restore()
+        raise
+    session.undo_at_end_of_pass(restore)
+    return plan

@@ -36,7 +36,7 @@ from pg_ext.deltas import register_linear
 from pg_ext.patches import patch_deltas
 from pg_ext.session import merge_deltas
 
-from .comfy import layer_of, loaded_networks, marked_router
+from .comfy import layer_of, loaded_networks, marked_router, on_cloned_unet
 from .reforge import moves_blocks_per_call, original_param, replacement_unet_active, unet  # noqa: F401 (same in Forge)
 
 NAME = "forge"
@@ -122,23 +122,8 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
 
 def begin_pass(p, session, encode_weak, extra_unet_deltas):
     """Clone the UNet patcher for this pass (Forge's own pattern), hook its UNet; undone when the pass ends."""
-    session.end_pass()
-    objects = p.sd_model.forge_objects
-    previous = objects.unet
-    patcher = previous.clone()
-    objects.unet = patcher
-
-    def restore():
-        if objects.unet is patcher:
-            objects.unet = previous
-
-    try:
-        plan = _hook(p.sd_model, patcher, session, encode_weak, extra_unet_deltas)
-    except BaseException:
-        restore()
-        raise
-    session.undo_at_end_of_pass(restore)
-    return plan
+    return on_cloned_unet(p, session,
+                          lambda patcher: _hook(p.sd_model, patcher, session, encode_weak, extra_unet_deltas))
 
 
 def _hook(sd_model, patcher, session, encode_weak, extra_unet_deltas):

@@ -36,7 +36,7 @@ from pg_ext.config import SettingsError
 from pg_ext.patches import patch_deltas
 from pg_ext.session import merge_deltas
 
-from .comfy import UNCOND, layer_of, loaded_networks, marked_router, rows_of_call  # noqa: F401 (the adapter's API)
+from .comfy import UNCOND, layer_of, loaded_networks, marked_router, on_cloned_unet, rows_of_call  # noqa: F401 (the adapter's API)
 
 NAME = "reforge"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for reForge yet (the script refuses it)
@@ -128,23 +128,8 @@ def begin_pass(p, session, encode_weak, extra_unet_deltas):
     PG changes nothing on the clone (its hooks are on the shared modules); the clone keeps PG's pass on
     an object of its own, so that whatever PG puts on it never reaches the LoRA chain's patchers.
     """
-    session.end_pass()
-    objects = p.sd_model.forge_objects
-    previous = objects.unet
-    patcher = previous.clone()
-    objects.unet = patcher
-
-    def restore():
-        if objects.unet is patcher:  # another extension may have replaced it since: leave theirs alone
-            objects.unet = previous
-
-    try:
-        plan = _hook(p.sd_model, patcher, session, encode_weak, extra_unet_deltas)
-    except BaseException:
-        restore()
-        raise
-    session.undo_at_end_of_pass(restore)
-    return plan
+    return on_cloned_unet(p, session,
+                          lambda patcher: _hook(p.sd_model, patcher, session, encode_weak, extra_unet_deltas))
 
 
 def _hook(sd_model, patcher, session, encode_weak, extra_unet_deltas):
