@@ -38,6 +38,7 @@ SESSION_ATTR = "pg_session"
 PASS_CHECKPOINT = "checkpoint of the hooked pass"  # key in the session's prepared state
 ERROR_ATTR = "pg_error"  # an input error found in `process`, raised when sampling starts
 BASE_CACHE = DeltaCache(size=1)
+WEAK_CACHE: dict = {}  # is_hr_pass -> (key, weak conditioning) of the last such pass, see _encode_weak
 HOST = pg_hosts.load(pg_hosts.detect())  # the running host's adapter, found once
 
 
@@ -159,7 +160,11 @@ def _check_selection(p, session: GuidanceSession | None) -> None:
 
 
 def _encode_weak(p, settings: Settings):
-    """The weak branch's conditioning: negative (or empty) prompts through the text encoder at θ_ω."""
+    """The weak branch's conditioning: negative (or empty) prompts through the text encoder at θ_ω.
+
+    Kept between jobs like the host's own `cached_uc`: CFG encodes nothing on a repeated job, so
+    without this PG would pay a whole text-encoder pass per job (SDXL: CLIP-L and bigG) that CFG does not.
+    """
     hires = bool(getattr(p, "is_hr_pass", False))
     prompts = list(p.hr_negative_prompts if hires else p.negative_prompts)
     if settings.weak_prompt == "empty":
@@ -170,10 +175,32 @@ def _encode_weak(p, settings: Settings):
         sampler = sd_samplers.find_sampler_config(p.hr_sampler_name or p.sampler_name)
         second = p.hr_second_pass_steps or p.steps
         hires_steps = sampler.total_steps(second) if sampler else second
+    key = _weak_cache_key(p, settings, prompts, steps, hires_steps, (width, height), hires)
+    cached = WEAK_CACHE.get(hires)
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1]
     conditioning = prompt_parser.SdConditioning(prompts, width=width, height=height, is_negative_prompt=True)
     with devices.autocast():
-        return prompt_parser.get_learned_conditioning(shared.sd_model, conditioning, steps, hires_steps,
+        weak = prompt_parser.get_learned_conditioning(shared.sd_model, conditioning, steps, hires_steps,
                                                       shared.opts.use_old_scheduling)
+    WEAK_CACHE[hires] = (key, weak) if key is not None else None
+    return weak
+
+
+def _weak_cache_key(p, settings: Settings, prompts, steps, hires_steps, size, hires: bool):
+    """What the weak conditioning depends on: the host's own cond-cache key, θ_ω of the text encoder, size.
+
+    None (never cached) where the host has no cond cache or keeps none between jobs.
+    """
+    host_key = getattr(p, "cached_params", None)
+    if host_key is None or not _opt("persistent_cond_cache", True):
+        return None
+    network_data = getattr(p, "hr_extra_network_data" if hires else "extra_network_data", None)
+    # θ_ω of the text encoder: each loaded network as the Lora extension tells them apart, and its file's age
+    networks = tuple((getattr(n, "name", None), getattr(n, "te_multiplier", None), getattr(n, "unet_multiplier", None),
+                      getattr(n, "dyn_dim", None), getattr(n, "mtime", None)) for n in HOST.loaded_networks())
+    return (host_key(prompts, steps, network_data, hires_steps, shared.opts.use_old_scheduling), size, settings,
+            networks, _opt("lora_functional", False), id(shared.sd_model))
 
 
 def _job_base_deltas(session: GuidanceSession) -> dict:
@@ -430,6 +457,7 @@ def on_cfg_denoiser(params) -> None:
 
 def on_model_loaded(sd_model) -> None:
     BASE_CACHE.clear()
+    WEAK_CACHE.clear()
 
 
 # -- X/Y/Z plot -------------------------------------------------------------------------------------
@@ -517,6 +545,7 @@ def on_ui_settings() -> None:
 
 def on_script_unloaded() -> None:
     BASE_CACHE.clear()
+    WEAK_CACHE.clear()
 
 
 script_callbacks.on_cfg_denoiser(on_cfg_denoiser)

@@ -9,6 +9,9 @@ Claims:
 - hires fix: after the first pass `is_hr_pass` is True, conditioning is rebuilt from hr_prompts /
   hr_negative_prompts at hr_upscale_to_x x hr_upscale_to_y, before_hr and process_before_every_sampling run,
   then img2img sampling with hr_second_pass_steps (or steps); `is_hr_pass` is False again afterwards.
+- `cached_params(prompts, steps, extra_network_data, hires_steps, use_old_scheduling)` is the key of the
+  host's cond caches, compared with ==: it changes with any argument, the checkpoint and the first-pass size;
+  `extra_network_data` / `hr_extra_network_data` hold the parsed `<lora:...>` tags of the batch.
 - `firstpass_steps` is the first pass's step count; the infotext is "prompt\\nNegative prompt: ...\\n" (that line only when there is
   a negative prompt), then "key: value" pairs joined by ", ", values quoted by infotext_utils.quote, a key whose value equals
   the key written alone, None values left out.
@@ -51,6 +54,11 @@ class StableDiffusionProcessingTxt2Img:
         self.all_negative_prompts = n * [self.negative_prompt]
         self.all_hr_prompts, self.all_hr_negative_prompts = list(self.all_prompts), list(self.all_negative_prompts)
 
+    def cached_params(self, required_prompts, steps, extra_network_data, hires_steps=None, use_old_scheduling=False):
+        info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+        return (list(required_prompts), steps, hires_steps, use_old_scheduling, info, extra_network_data, self.width,
+                self.height)
+
     def _conds(self, prompts, negatives, w, h, steps):
         model = shared.sd_model
         c = prompt_parser.get_multicond_learned_conditioning(model, prompt_parser.SdConditioning(prompts, width=w, height=h), steps)
@@ -88,7 +96,9 @@ def _activate_networks(p, prompts):
     import networks  # the Lora extension (its double): absent when the test does not install it
     found = [(name, args.split(":")) for kind, rest in _TAG.findall(prompts[0]) if kind == "lora"
              for name, _, args in [rest.partition(":")]]
-    networks.activate(p, [(name, [a for a in args if a]) for name, args in found])
+    tags = [(name, [a for a in args if a]) for name, args in found]
+    setattr(p, "hr_extra_network_data" if p.is_hr_pass else "extra_network_data", {"lora": tags})
+    networks.activate(p, tags)
 
 
 def create_infotext(p, prompt, negative_prompt):

@@ -41,7 +41,8 @@ class Options:
 
 
 DEFAULT_OPTIONS = dict(batch_cond_uncond=True, pad_cond_uncond=False, skip_early_cond=0.0, s_min_uncond_all=False,
-                       use_old_scheduling=False, lora_functional=False, sd_checkpoints_limit=1)
+                       use_old_scheduling=False, lora_functional=False, sd_checkpoints_limit=1,
+                       persistent_cond_cache=True)
 opts = Options(DEFAULT_OPTIONS)
 state = types.SimpleNamespace(interrupted=False, skipped=False, sampling_step=0, sampling_steps=0)
 cmd_opts = types.SimpleNamespace(lowvram=False, medvram=False, ckpt_dir=None)
