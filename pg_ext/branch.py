@@ -123,7 +123,10 @@ class WeakBranch:
             return None
         x = args[0]
         x = x.narrow(0, at.first, at.count) if at.is_block else x.index_select(0, at.weak)
-        correction = sum(d.contribution(layer, x, self.keep_on_device) for d in self.deltas[layer])
+        first, *more = self.deltas[layer]
+        correction = first.contribution(layer, x, self.keep_on_device)
+        for delta in more:  # not sum(): its 0 + tensor would be one more op per layer and call
+            correction = correction + delta.contribution(layer, x, self.keep_on_device)
         correction = correction.to(output.dtype)
         if output.requires_grad and torch.is_grad_enabled():
             index = at.weak if not at.is_block else torch.arange(at.first, at.first + at.count, device=output.device)
