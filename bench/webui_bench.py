@@ -5,7 +5,8 @@
 
 Prints the time per image (median over rounds, whole request), its ratio to plain CFG (median over
 median) and the WebUI process's peak RSS during each image (VmHWM, reset through /proc/<pid>/clear_refs
-before every request; the PID is read from $HARNESS/logs/webui-<port>.pid), at every size, for: plain CFG
+before every request; the PID is read from $HARNESS/logs/webui-<port>.pid,
+or from $PG_WEBUI_PID_FILE), at every size, for: plain CFG
 vs PG with a plain LoRA (low-rank path), a LoHa and a full-diff file (dense paths; made from the harness
 LoRA by tests/webui/harness_models.py), and a DreamBooth checkpoint (rand_sd15_dreambooth loaded, base
 rand_sd15) in exact and low-memory mode ("dreambooth"), or one of them ("dreambooth-exact",
@@ -36,8 +37,10 @@ FAMILIES = {
 
 def webui_pid(url: str) -> int | None:
     port = url.rsplit(":", 1)[-1].strip("/")
+    # a fork's harness keeps its pid elsewhere: $FORK_HARNESS/<host>/logs (tests/webui/hosts)
+    path = os.environ.get("PG_WEBUI_PID_FILE") or os.path.join(HARNESS, "logs", f"webui-{port}.pid")
     try:
-        with open(os.path.join(HARNESS, "logs", f"webui-{port}.pid")) as f:
+        with open(path) as f:
             return int(f.read().strip())
     except (OSError, ValueError):
         return None
