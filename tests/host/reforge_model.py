@@ -20,22 +20,11 @@ from ldm_patched.modules.lora import LoHaAdapter, LoRAAdapter  # noqa: E402
 from ldm_patched.modules.model_base import BaseModel  # noqa: E402
 from ldm_patched.modules.model_patcher import UnetPatcher  # noqa: E402
 from ldm_patched.modules.sd import CLIP, load_lora_for_models  # noqa: E402
+from tiny_sd import DIM, TextLayers  # noqa: E402
 from tiny_unet import TinyUNet  # noqa: E402
 
-DIM = 12
 
-
-class TextModel(nn.Module):
-    """Token ids [B, T] -> conditioning [B, T, DIM] through Linear and LayerNorm layers (CLIP's kinds)."""
-
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(64, DIM)
-        self.fc1, self.fc2, self.norm = nn.Linear(DIM, 2 * DIM), nn.Linear(2 * DIM, DIM), nn.LayerNorm(DIM)
-
-    def forward(self, ids):
-        h = self.embed(ids)
-        return self.norm(h + self.fc2(torch.nn.functional.gelu(self.fc1(h))))
+TextModel = TextLayers  # token ids [B, T] -> [B, T, DIM] through Linear and LayerNorm (CLIP's kinds)
 
 
 class ForgeObjects:

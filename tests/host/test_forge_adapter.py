@@ -24,20 +24,13 @@ from pg_ext.config import Settings, SettingsError  # noqa: E402
 from pg_ext.deltas import LowRankDelta  # noqa: E402
 from pg_ext.session import GuidanceSession  # noqa: E402
 from pg_hosts import forge  # noqa: E402
+from tiny_sd import DIM, TextLayers  # noqa: E402
 from tiny_unet import TinyUNet  # noqa: E402
 
-SCALE, B, DIM = 5.0, 2, 12
+SCALE, B = 5.0, 2
 
 
-class TextModel(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(64, DIM)
-        self.fc1, self.fc2, self.norm = nn.Linear(DIM, 2 * DIM), nn.Linear(2 * DIM, DIM), nn.LayerNorm(DIM)
-
-    def forward(self, ids):
-        h = self.embed(ids)
-        return self.norm(h + self.fc2(torch.nn.functional.gelu(self.fc1(h))))
+TextModel = TextLayers  # token ids [B, T] -> [B, T, DIM] through Linear and LayerNorm (CLIP's kinds)
 
 
 class CLIP:
