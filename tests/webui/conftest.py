@@ -55,9 +55,12 @@ def loaded_family(webui_url) -> str:
     return wc.family_of(wc.Client(webui_url).get("/sdapi/v1/options")["sd_model_checkpoint"])
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _family_matches(request):
-    """Each test module is written for one model family (`FAMILY`, default SD 1.5): others skip it."""
+    """Each test module is written for one model family (`FAMILY`, default SD 1.5): others skip it.
+
+    Module scope, so that it runs before the module's own module-scoped fixtures: those switch checkpoints
+    (an SD 1.5 DreamBooth fixture loading SD 1.5 into an SDXL WebUI and back OOM-killed it at 23.6 GB)."""
     if not os.environ.get("PG_WEBUI_URL"):
         return
     wanted = getattr(request.module, "FAMILY", "rand_sd15")

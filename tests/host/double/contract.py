@@ -27,7 +27,8 @@ BEFORE_SAMPLING_KWARGS = ("c", "noise", "uc", "x")
 P_FIELDS = ("prompt", "negative_prompt", "negative_prompts", "hr_negative_prompts", "width", "height", "steps",
             "firstpass_steps", "sampler_name", "hr_sampler_name", "hr_second_pass_steps", "hr_upscale_to_x",
             "hr_upscale_to_y", "is_hr_pass", "extra_generation_params", "is_api", "scripts", "script_args",
-            "sample", "batch_size", "n_iter", "enable_hr", "cfg_scale", "seed")
+            "sample", "batch_size", "n_iter", "enable_hr", "cfg_scale", "seed", "cached_params", "extra_network_data",
+            "hr_extra_network_data")
 
 # The built-in Lora extension's objects.
 NETWORK_ATTRS = ("name", "mentioned_name", "network_on_disk", "te_multiplier", "unet_multiplier", "dyn_dim",

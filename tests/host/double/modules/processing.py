@@ -46,6 +46,7 @@ class StableDiffusionProcessingTxt2Img:
         vars(self).update({**FIELDS, **kwargs})
         self.script_args = tuple(self.script_args)
         self.extra_generation_params, self.is_api, self.is_hr_pass, self.refiner_checkpoint_info = {}, False, False, None
+        self.extra_network_data = self.hr_extra_network_data = None  # set per batch, from the prompts' tags
         self.hr_upscale_to_x, self.hr_upscale_to_y = int(self.width * self.hr_scale), int(self.height * self.hr_scale)
 
     def setup_prompts(self):
