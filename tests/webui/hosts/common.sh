@@ -53,6 +53,9 @@ link_models() {
     [[ -f $src/Stable-diffusion/$f ]] && ln -sfn "$src/Stable-diffusion/$f" "$WEBUI/models/Stable-diffusion/$f"
   done
   for f in "$src"/Lora/*.safetensors; do ln -sfn "$f" "$WEBUI/models/Lora/$(basename "$f")"; done
+  # the live preview's VAE approximation: without it the first txt2img tries to download it (HTTP 500 offline)
+  mkdir -p "$WEBUI/models/VAE-approx"
+  for f in "$src"/VAE-approx/*.pt; do [[ -f $f ]] && ln -sfn "$f" "$WEBUI/models/VAE-approx/$(basename "$f")"; done
   say "linked models: $(ls "$WEBUI/models/Stable-diffusion" | tr '\n' ' ')/ Lora: $(ls "$WEBUI/models/Lora" | tr '\n' ' ')"
 }
 

@@ -28,7 +28,7 @@ done
 args=(--skip-prepare-environment --skip-install --skip-python-version-check --skip-version-check
       --skip-torch-cuda-test --api --server-name 127.0.0.1 --port "$PORT"
       --ckpt "$WEBUI/models/Stable-diffusion/${CKPT:-rand_sd15.safetensors}"
-      --data-dir "$DATA_DIR" --no-download-sd-model --do-not-download-clip
+      --data-dir "$DATA_DIR" --models-dir "$WEBUI/models" --no-download-sd-model --do-not-download-clip
       --enable-insecure-extension-access --no-prompt-history "${HOST_ARGS[@]}")
 [[ ${NOWEBUI:-0} == 1 ]] && args+=(--nowebui)
 # shellcheck disable=SC2206
@@ -49,7 +49,7 @@ until curl -sf --noproxy '*' "http://127.0.0.1:$PORT/sdapi/v1/sd-models" > /dev/
   sleep 2
 done
 if [[ ${WAIT_MODEL:-1} == 1 ]]; then
-  until grep -q "Model loaded in" "$LOG"; do
+  until grep -Eq "Model (\S+ \[\w+\] )?loaded in" "$LOG"; do   # A1111/Forge: "Model loaded in"; reForge: "Model NAME [hash] loaded in"
     kill -0 "$pid" 2>/dev/null || fail "exited while loading the model (log: $LOG)"
     (( $(date +%s) - t0 < ${START_TIMEOUT:-900} )) || fail "model not loaded after ${START_TIMEOUT:-900}s (log: $LOG)"
     sleep 2
