@@ -78,7 +78,8 @@ def test_unselected_lora_is_not_weakened(api):
 
 # -- hires fix, img2img -------------------------------------------------------------------------------
 
-HIRES = dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5)
+# hr_cfg: the forks have a separate hires CFG scale, 1.0 (no uncond, nothing for PG) unless given; A1111 ignores it
+HIRES = dict(enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.5, hr_cfg=7.0)
 
 
 def test_hires_fix(api):
@@ -165,9 +166,14 @@ def _xyz_payload(api, values: str) -> dict:
     choices = xyz["args"][0]["choices"]
     index = choices.index("[PG] ω")
     payload = wc.base_request()
-    payload.update(script_name="x/y/z plot",
-                   script_args=[index, values, [], 0, "", [], 0, "", [], True, True, False, False, False, False,
-                                False, 0, False])
+    # built from the host's own argument list (the forks' X/Y/Z has other arguments in another order):
+    # every control at its UI default, then the axes (types are dropdown indices, 0 = Nothing) and two checkboxes
+    args = [a.get("value") for a in xyz["args"]]
+    args[:9] = [index, values, [], 0, "", [], 0, "", []]
+    labels = [a.get("label") for a in xyz["args"]]
+    args[labels.index("Draw legend")] = True
+    args[labels.index("Include Sub Images")] = True  # the cells come back after the grid
+    payload.update(script_name="x/y/z plot", script_args=args)
     return payload
 
 
