@@ -6,6 +6,9 @@ second time with θ_ω materialized) in the same WebUI, same seed.
 from __future__ import annotations
 
 import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -210,6 +213,35 @@ def test_paste_round_trip(api):
     again = api.txt2img({**base, "infotext": got})
     assert "PG omega: 0.4" in again["infotexts"][0], again["infotexts"][0]
     assert_equal(again["pixels"], pg["pixels"], "image from the pasted infotext vs the original PG image")
+
+
+def _interrupt_when_sampling(url: str, done: threading.Event) -> bool:
+    """Interrupt the running job once the host reports a sampling step; True if it did."""
+    client = wc.Client(url, timeout=30)
+    while not done.is_set():
+        state = client.get("/sdapi/v1/progress?skip_current_image=true").get("state", {})
+        if state.get("sampling_step", 0) >= 2:
+            client.post("/sdapi/v1/interrupt", {})
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_interrupt_leaves_nothing_behind(api, images, off_image, webui_url):
+    """A PG job interrupted mid-sampling ends; afterwards PG-off and PG ω=0.5 give exactly their old images."""
+    done = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        interrupted = pool.submit(_interrupt_when_sampling, webui_url, done)
+        try:
+            cut = api.txt2img(wc.with_pg(wc.base_request(steps=40), wc.pg_args(omega=0.5)))
+        finally:
+            done.set()
+        assert interrupted.result(), "the job ended before the interrupt could be sent"
+    assert "PG omega: 0.5" in cut["infotexts"][0]
+    now = api.txt2img(wc.base_request())["pixels"]
+    assert (now == off_image).all(), f"PG-off changed after an interrupted PG job: {wc.diff(now, off_image)}"
+    again = api.txt2img(wc.with_pg(wc.base_request(), wc.pg_args(omega=0.5)))
+    assert (again["pixels"] == _pg_05(api, images)["pixels"]).all(), "PG ω=0.5 changed after an interrupted PG job"
 
 
 def test_zz_model_untouched_after_lora_jobs(api, off_image):

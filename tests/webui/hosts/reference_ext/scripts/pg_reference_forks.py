@@ -1,0 +1,213 @@
+"""PG reference for the forks (reForge, Forge; tests only): PG's weak branch computed the slow, obvious way.
+
+The same script title and arguments as tests/webui/reference_ext (A1111), so the live suite's comparisons
+run unchanged: [enabled, omega, weak_prompt ("negative"|"empty"), base_checkpoint (only "None" here),
+loras (comma-separated names to weaken; empty = every LoRA of the prompt)].
+
+* θ_ω is built by the host's own LoRA loader: the prompt's LoRAs are applied again to the model's original
+  UNet and CLIP patchers (`forge_objects_original`), each selected LoRA at ω × its strengths, exactly as
+  the host's Lora extension applied them at full strength (`current_lora_hash` records that list).
+* The weak conditioning (negative or empty prompt) is encoded once per job with the weak CLIP patcher in
+  place of the model's (the host loads and patches whichever `forge_objects.clip` is set), and substituted
+  for the host's uncond in on_cfg_denoiser.
+* Every UNet call that holds uncond rows (`cond_or_uncond` flag 1) is run a SECOND time with θ_ω written
+  into the model's parameters (the host's own merge function over the weak patcher's entries, from the
+  original weights the host backed up when it patched the model); the uncond rows are taken from that
+  call, and the parameters get their exact values back right after it.
+
+First pass only (as the A1111 reference); a hires pass runs as the host does.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+
+import torch
+
+from modules import prompt_parser, script_callbacks, scripts, shared
+
+STATE_ATTR = "pg_reference_state"
+UNCOND = 1  # the uncond mark in transformer_options["cond_or_uncond"]
+REFORGE = importlib.util.find_spec("ldm_patched") is not None  # else Forge (`backend`)
+_active = {"state": None}  # the running job's state; jobs run one at a time in the WebUI
+
+
+class _State:
+    def __init__(self, omega: float, weak_prompt: str, loras: set[str]):
+        self.omega, self.weak_prompt, self.loras = omega, weak_prompt, loras
+        self.weak_unet = self.weak_clip = None
+        self.weak_uc = None       # prompt schedules of the weak conditioning
+        self.weak_weights = None  # key -> θ_ω tensor, built at the first UNet call (the model is patched then)
+        self.calls = 0            # how many weak re-runs happened (printed at the end of the job)
+
+
+# -- the host's LoRA machinery (the only part that differs between the forks) ---------------------------
+
+def _apply_lora(unet, clip, filename: str, unet_strength: float, te_strength: float, extra: list):
+    """One LoRA file applied to clones of (unet, clip), as the host's Lora extension does it."""
+    import networks
+
+    state_dict = networks.load_lora_state_dict(filename)
+    if REFORGE:
+        from ldm_patched.modules.sd import load_lora_for_models
+
+        return load_lora_for_models(unet, clip, state_dict, unet_strength, te_strength, filename=filename)
+    return networks.load_lora_for_models(unet, clip, state_dict, unet_strength, te_strength, filename=filename,
+                                         online_mode=bool(extra and extra[0]))
+
+
+def _entries(patcher) -> dict:
+    """key -> the patch entries the host merges into that weight, in its order."""
+    if REFORGE:
+        return patcher.patches
+    merged = {}
+    for (_, _, _, online), patches in patcher.lora_patches.items():
+        if online:
+            raise RuntimeError("PG reference: online (quantized) LoRAs are not supported")
+        for key, entries in patches.items():
+            merged[key] = merged.get(key, []) + entries
+    return merged
+
+
+def _original(patcher, key: str) -> torch.Tensor:
+    """The weight before the host patched it: its backup while patched, the parameter otherwise."""
+    backup = patcher.backup.get(key) if REFORGE else patcher.lora_loader.backup.get(key)
+    if backup is None:
+        return patcher.model.get_parameter(key).data
+    return backup.weight if REFORGE else backup
+
+
+def _merge(entries: list, weight: torch.Tensor, key: str) -> torch.Tensor:
+    if REFORGE:
+        from ldm_patched.modules.lora import calculate_weight
+
+        return calculate_weight(entries, weight, key)
+    from backend.patcher.lora import merge_lora_to_weight
+
+    return merge_lora_to_weight(entries, weight, key, computation_dtype=torch.float32)
+
+
+# -- θ_ω ------------------------------------------------------------------------------------------------
+
+def _applied_loras(sd_model) -> list:
+    """[(filename, unet strength, te strength, extra, name)] as the host's Lora extension applied them."""
+    import networks
+
+    applied = ast.literal_eval(sd_model.current_lora_hash or "[]")  # str([[filename, unet, te, ...], ...])
+    names = {n.network_on_disk.filename: n.name for n in networks.loaded_networks}
+    return [(t[0], float(t[1]), float(t[2]), list(t[3:]), names.get(t[0])) for t in applied]
+
+
+def _weak_patchers(sd_model, state: _State):
+    """The model's original UNet and CLIP patchers with the prompt's LoRAs, the selected ones at ω × strength."""
+    unet, clip = sd_model.forge_objects_original.unet, sd_model.forge_objects_original.clip
+    for filename, unet_strength, te_strength, extra, name in _applied_loras(sd_model):
+        scale = state.omega if not state.loras or name in state.loras else 1.0
+        unet, clip = _apply_lora(unet, clip, filename, unet_strength * scale, te_strength * scale, extra)
+    return unet, clip
+
+
+def _weak_weights(loaded_patcher, weak_patcher) -> dict:
+    """θ_ω for every weight the loaded (strong) patcher patches."""
+    weak_entries = _entries(weak_patcher)
+    out = {}
+    for key in _entries(loaded_patcher):
+        original = _original(loaded_patcher, key)
+        out[key] = _merge(weak_entries.get(key, []), original.float().clone(), key).to(dtype=original.dtype)
+    return out
+
+
+def _encode_weak(p, state: _State):
+    """The weak conditioning, encoded with the weak CLIP patcher standing in for the model's."""
+    sd_model = p.sd_model
+    prompts = [""] * len(p.negative_prompts) if state.weak_prompt == "empty" else list(p.negative_prompts)
+    cond = prompt_parser.SdConditioning(prompts, width=p.width, height=p.height, is_negative_prompt=True)
+    strong = sd_model.forge_objects.clip
+    sd_model.forge_objects.clip = state.weak_clip
+    try:
+        return prompt_parser.get_learned_conditioning(sd_model, cond, getattr(p, "firstpass_steps", p.steps), None,
+                                                      shared.opts.use_old_scheduling)
+    finally:
+        sd_model.forge_objects.clip = strong
+
+
+def _unet_wrapper(state: _State, loaded_patcher):
+    def wrapper(apply_model, args):
+        x, t, c, flags = args["input"], args["timestep"], args["c"], args["cond_or_uncond"]
+        out = apply_model(x, t, **c)
+        if UNCOND not in flags:
+            return out
+        if state.weak_weights is None:
+            state.weak_weights = _weak_weights(loaded_patcher, state.weak_unet)
+        model = loaded_patcher.model
+        strong = {}
+        try:
+            for key, weak in state.weak_weights.items():
+                param = model.get_parameter(key)
+                strong[key] = param.data.clone()
+                param.data.copy_(weak)
+            weak_out = apply_model(x, t, **c)
+        finally:
+            for key, data in strong.items():
+                model.get_parameter(key).data.copy_(data)
+        rows = x.shape[0] // len(flags)
+        for i, flag in enumerate(flags):
+            if flag == UNCOND:
+                out[i * rows:(i + 1) * rows] = weak_out[i * rows:(i + 1) * rows]
+        state.calls += 1
+        return out
+
+    return wrapper
+
+
+class PGReferenceScript(scripts.Script):
+    def title(self):
+        return "PG reference"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        import gradio as gr  # hidden inputs: the API slices args by the number of components
+
+        return [gr.Checkbox(False, visible=False), gr.Number(1.0, visible=False), gr.Textbox("negative", visible=False),
+                gr.Textbox("None", visible=False), gr.Textbox("", visible=False)]
+
+    def process(self, p, enabled=False, omega=1.0, weak_prompt="negative", base_checkpoint="None", loras="", *rest):
+        _active["state"] = None
+        if not enabled:
+            return
+        if base_checkpoint and str(base_checkpoint) != "None":
+            raise RuntimeError("PG reference (forks): a base checkpoint is not supported here")
+        names = {n.strip() for n in str(loras or "").split(",") if n.strip()}
+        setattr(p, STATE_ATTR, _State(float(omega), str(weak_prompt), names))
+        p.extra_generation_params["PG reference"] = f"omega {float(omega):g}, {weak_prompt}, base None"
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        state = getattr(p, STATE_ATTR, None)
+        if state is None:
+            return
+        if getattr(p, "is_hr_pass", False):
+            _active["state"] = None  # first pass only
+            return
+        state.weak_unet, state.weak_clip = _weak_patchers(p.sd_model, state)
+        state.weak_uc = _encode_weak(p, state)
+        unet = p.sd_model.forge_objects.unet.clone()  # the host resets forge_objects before every pass
+        unet.model_options["model_function_wrapper"] = _unet_wrapper(state, unet)  # read by both forks' batching
+        p.sd_model.forge_objects.unet = unet
+        _active["state"] = state
+
+    def postprocess(self, p, processed, *args):
+        state = getattr(p, STATE_ATTR, None)
+        if state is not None:
+            print(f"PG reference: {state.calls} weak re-runs")
+        _active["state"] = None
+
+
+def on_cfg_denoiser(params):
+    state = _active["state"]
+    if state is not None and state.weak_uc is not None:
+        params.text_uncond = prompt_parser.reconstruct_cond_batch(state.weak_uc, params.denoiser.step)
+
+
+script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
