@@ -1,6 +1,7 @@
 """Opt-in real-WebUI suite: skipped unless PG_WEBUI_URL points at a running WebUI with this extension
-(A1111 v1.10.1, or a fork: tests/webui/hosts). The comparisons with the slow reference need
-tests/webui/reference_ext linked too (A1111 only) and skip without it (see tests/webui/README.md)."""
+(A1111 v1.10.1, or a fork: tests/webui/hosts). The comparisons with the slow reference need the reference
+extension linked too — tests/webui/reference_ext in A1111, tests/webui/hosts/reference_ext in the forks — and
+skip without it (see tests/webui/README.md)."""
 from __future__ import annotations
 
 import os
@@ -28,10 +29,10 @@ def api(webui_url):
     client = wc.Client(webui_url)
     scripts = client.get("/sdapi/v1/scripts")
     if "pg reference" not in [s.lower() for s in scripts["txt2img"]]:
-        # a host where the reference cannot run (the forks: it drives A1111's Lora extension): only the
-        # comparisons with it skip; ω = 1, API forms, bad input, X/Y/Z, paste and model checks still run
+        # no reference extension linked: only the comparisons with it skip; ω = 1, API forms, bad input, X/Y/Z, paste and model checks still run
         def no_reference(*args, **kwargs):
-            pytest.skip("the reference extension tests/webui/reference_ext is not linked into this WebUI")
+            pytest.skip("no reference extension linked into this WebUI (A1111: tests/webui/reference_ext, "
+                        "forks: tests/webui/hosts/reference_ext)")
         wc.with_ref = no_reference
     _ensure_extra_loras(client)
     return client
