@@ -45,7 +45,10 @@ class Client:
         return r.json()
 
     def post_raw(self, path: str, payload: dict) -> requests.Response:
-        return self.session.post(self.url + path, json=payload, timeout=self.timeout)
+        r = self.session.post(self.url + path, json=payload, timeout=self.timeout)
+        if r.status_code >= 500:
+            self.session.close()  # Forge's server resets a kept-alive connection after an unhandled exception
+        return r
 
     def post(self, path: str, payload: dict):
         r = self.post_raw(path, payload)

@@ -17,13 +17,17 @@ name), loras (comma-separated names to weaken; empty = every loaded network)].
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
 
-from modules import devices, prompt_parser, script_callbacks, scripts, sd_models, shared
+from modules import devices, prompt_parser, script_callbacks, sd_models, shared
 
-STATE_ATTR = "pg_reference_state"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", ".."))  # tests/webui
+import pg_reference_common as common  # noqa: E402 (a module, not its class: see its docstring)
+
+STATE_ATTR = common.STATE_ATTR
 _active = {"state": None}  # the running job's state; jobs run one at a time in the WebUI
 
 
@@ -120,55 +124,26 @@ def _condition(uncond, image_cond):
     return {"c_crossattn": [uncond], "c_concat": [image_cond]}
 
 
-class PGReferenceScript(scripts.Script):
-    def title(self):
-        return "PG reference"
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
-
-    def ui(self, is_img2img):
-        import gradio as gr  # hidden inputs: the API slices args by the number of components
-
-        return [gr.Checkbox(False, visible=False), gr.Number(1.0, visible=False), gr.Textbox("negative", visible=False),
-                gr.Textbox("None", visible=False), gr.Textbox("", visible=False)]
-
-    def process(self, p, enabled=False, omega=1.0, weak_prompt="negative", base_checkpoint="None", loras="", *rest):
+class PGReferenceScript(common.ReferenceScript):
+    def stop(self):
         _active["state"] = None
-        if not enabled:
-            return
+
+    def start(self, p, omega, weak_prompt, base, loras):
         base_file = None
-        if base_checkpoint and str(base_checkpoint) != "None":
-            info = sd_models.get_closet_checkpoint_match(str(base_checkpoint))
+        if base is not None:
+            info = sd_models.get_closet_checkpoint_match(base)
             if info is None:
-                raise RuntimeError(f"PG reference: unknown base {base_checkpoint!r}")
+                raise RuntimeError(f"PG reference: unknown base {base!r}")
             base_file = info.filename
-        names = {n.strip() for n in str(loras or "").split(",") if n.strip()}
-        state = _State(float(omega), str(weak_prompt), base_file, names)
+        state = _State(omega, weak_prompt, base_file, loras)
         setattr(p, STATE_ATTR, state)
         _active["state"] = state
-        p.extra_generation_params["PG reference"] = f"omega {float(omega):g}, {weak_prompt}, base {base_checkpoint}"
 
-    def process_before_every_sampling(self, p, *args, **kwargs):
-        state = getattr(p, STATE_ATTR, None)
-        if state is None:
-            return
-        if getattr(p, "is_hr_pass", False):
-            _active["state"] = None  # first pass only
-            return
-        prompts = list(p.negative_prompts)
-        if state.weak_prompt == "empty":
-            prompts = [""] * len(prompts)
-        cond = prompt_parser.SdConditioning(prompts, width=p.width, height=p.height, is_negative_prompt=True)
+    def first_pass(self, p, state):
+        cond = common.weak_prompts(p, state.weak_prompt)
         with _Scaled(_networks(state.loras), "te_multiplier", state.omega), devices.autocast():
             state.weak_uc = prompt_parser.get_learned_conditioning(
                 shared.sd_model, cond, p.firstpass_steps, None, shared.opts.use_old_scheduling)
-
-    def postprocess(self, p, processed, *args):
-        state = getattr(p, STATE_ATTR, None)
-        if state is not None:
-            print(f"PG reference: {state.calls} weak re-runs")
-        _active["state"] = None
 
 
 def on_cfg_denoiser(params):

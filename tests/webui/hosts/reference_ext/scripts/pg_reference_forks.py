@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
+import sys
 
 import torch
 
-from modules import prompt_parser, script_callbacks, scripts, shared
+from modules import prompt_parser, script_callbacks, shared
 
-STATE_ATTR = "pg_reference_state"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "..", ".."))  # tests/webui
+import pg_reference_common as common  # noqa: E402 (a module, not its class: see its docstring)
+
+STATE_ATTR = common.STATE_ATTR
 UNCOND = 1  # the uncond mark in transformer_options["cond_or_uncond"]
 REFORGE = importlib.util.find_spec("ldm_patched") is not None  # else Forge (`backend`)
 _active = {"state": None}  # the running job's state; jobs run one at a time in the WebUI
@@ -120,8 +125,7 @@ def _weak_weights(loaded_patcher, weak_patcher) -> dict:
 def _encode_weak(p, state: _State):
     """The weak conditioning, encoded with the weak CLIP patcher standing in for the model's."""
     sd_model = p.sd_model
-    prompts = [""] * len(p.negative_prompts) if state.weak_prompt == "empty" else list(p.negative_prompts)
-    cond = prompt_parser.SdConditioning(prompts, width=p.width, height=p.height, is_negative_prompt=True)
+    cond = common.weak_prompts(p, state.weak_prompt)
     strong = sd_model.forge_objects.clip
     sd_model.forge_objects.clip = state.weak_clip
     try:
@@ -160,48 +164,22 @@ def _unet_wrapper(state: _State, loaded_patcher):
     return wrapper
 
 
-class PGReferenceScript(scripts.Script):
-    def title(self):
-        return "PG reference"
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
-
-    def ui(self, is_img2img):
-        import gradio as gr  # hidden inputs: the API slices args by the number of components
-
-        return [gr.Checkbox(False, visible=False), gr.Number(1.0, visible=False), gr.Textbox("negative", visible=False),
-                gr.Textbox("None", visible=False), gr.Textbox("", visible=False)]
-
-    def process(self, p, enabled=False, omega=1.0, weak_prompt="negative", base_checkpoint="None", loras="", *rest):
+class PGReferenceScript(common.ReferenceScript):
+    def stop(self):
         _active["state"] = None
-        if not enabled:
-            return
-        if base_checkpoint and str(base_checkpoint) != "None":
-            raise RuntimeError("PG reference (forks): a base checkpoint is not supported here")
-        names = {n.strip() for n in str(loras or "").split(",") if n.strip()}
-        setattr(p, STATE_ATTR, _State(float(omega), str(weak_prompt), names))
-        p.extra_generation_params["PG reference"] = f"omega {float(omega):g}, {weak_prompt}, base None"
 
-    def process_before_every_sampling(self, p, *args, **kwargs):
-        state = getattr(p, STATE_ATTR, None)
-        if state is None:
-            return
-        if getattr(p, "is_hr_pass", False):
-            _active["state"] = None  # first pass only
-            return
+    def start(self, p, omega, weak_prompt, base, loras):
+        if base is not None:
+            raise RuntimeError("PG reference (forks): a base checkpoint is not supported here")
+        setattr(p, STATE_ATTR, _State(omega, weak_prompt, loras))
+
+    def first_pass(self, p, state):
         state.weak_unet, state.weak_clip = _weak_patchers(p.sd_model, state)
         state.weak_uc = _encode_weak(p, state)
         unet = p.sd_model.forge_objects.unet.clone()  # the host resets forge_objects before every pass
         unet.model_options["model_function_wrapper"] = _unet_wrapper(state, unet)  # read by both forks' batching
         p.sd_model.forge_objects.unet = unet
         _active["state"] = state
-
-    def postprocess(self, p, processed, *args):
-        state = getattr(p, STATE_ATTR, None)
-        if state is not None:
-            print(f"PG reference: {state.calls} weak re-runs")
-        _active["state"] = None
 
 
 def on_cfg_denoiser(params):
