@@ -1,7 +1,7 @@
 """PG contract probe (tests only): an AlwaysVisible script that records what the real WebUI shows PG's
 host double claims about (tests/host/double/contract.py), served at GET /pg-contract/last (the last probed
 job), POST /pg-contract/facts (facts that need no job) and GET /pg-contract/digest (a hash of the loaded
-weights per component, and the Lora extension's backups and merged networks). Args: [enabled, JSON config] with config keys
+weights per component). Args: [enabled, JSON config] with config keys
 "prompts" (per-image prompts, set before the prompts are set up), "fail_in": "process" (raise there), "fields" (processing fields to look for),
 "network_attrs", "module_attrs", "layer_attrs".
 """
@@ -190,8 +190,7 @@ def _facts(queries):
 
 
 def _digest():
-    """A hash of every tensor in the loaded model's state dict, per top-level component, and what A1111's Lora
-    extension holds on its layers (weight backups, the names of the networks merged in), to tell weights that
+    """A hash of every tensor in the loaded model's state dict, per top-level component: tells weights that
     changed from a numerically different computation."""
     groups = {}
     for key, tensor in shared.sd_model.state_dict().items():
@@ -200,10 +199,7 @@ def _digest():
         h = groups.setdefault(group, hashlib.blake2b(digest_size=16))
         h.update(key.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    layers = [m for m in shared.sd_model.modules() if getattr(m, "network_layer_name", None)]
-    return {"components": {k: h.hexdigest() for k, h in groups.items()},
-            "lora_backups": sum(getattr(m, "network_weights_backup", None) is not None for m in layers),
-            "lora_merged": sorted({str(getattr(m, "network_current_names", ())) for m in layers} - {"()"})}
+    return {"components": {k: h.hexdigest() for k, h in groups.items()}}
 
 
 def _on_app_started(demo, app):
