@@ -24,7 +24,7 @@ from torch import nn
 
 from .deltas import DenseDelta, LayerDelta, LowRankDelta, is_linear, is_supported
 
-Entry = tuple  # (strength_patch, patch, strength_model, offset, function)
+Entry = tuple  # (strength_patch, patch, strength_model, offset, function[, online_mode])
 Merge = Callable[[list, torch.Tensor, str], torch.Tensor]  # host merge: (entries, float32 weight copy, key) -> weight
 
 
@@ -38,7 +38,7 @@ def plain_lora(entry: Entry) -> Optional[tuple[torch.Tensor, torch.Tensor, float
 
     The patch layouts are in `_lora_weights`.
     """
-    strength, patch, strength_model, offset, function = entry
+    strength, patch, strength_model, offset, function = entry[:5]  # Forge Neo appends online_mode
     if strength_model != 1.0 or offset is not None or function is not None:
         return None
     weights = _lora_weights(patch)

@@ -9,16 +9,23 @@ The host is found once, by which of its top-level packages can be found (`find_s
 of the host is imported here, so `preload.py` can register this package before the host starts):
 
     reForge   ldm_patched + modules_forge   (a port of ComfyUI's model patcher; gradio 3.41)
-    Forge     backend + modules_forge       (Forge 2, gradio 4)
+    Neo       backend + modules_forge, whose forge_version.py says version "neo" (gradio 4)
+    Forge     backend + modules_forge, any other version (Forge 2, gradio 4)
     A1111     neither
+
+Forge Neo keeps Forge 2's `backend/` layout but ComfyUI's model patcher: the version file, read as text
+(never imported), is what tells them apart.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import re
 
-A1111, REFORGE, FORGE = "a1111", "reforge", "forge"
-SUPPORTED = (A1111, REFORGE, FORGE)
+A1111, REFORGE, FORGE, FORGE_NEO = "a1111", "reforge", "forge", "forge_neo"
+SUPPORTED = (A1111, REFORGE, FORGE, FORGE_NEO)
+_VERSION = re.compile(r"""^version\s*=\s*["']([^"']*)["']""", re.MULTILINE)
 
 
 def _has(package: str) -> bool:
@@ -28,13 +35,30 @@ def _has(package: str) -> bool:
         return False
 
 
+def forge_version() -> str:
+    """`version` in modules_forge/forge_version.py, read as text; "" when there is none."""
+    try:
+        spec = importlib.util.find_spec("modules_forge")
+    except (ImportError, ValueError):
+        return ""
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        try:
+            with open(os.path.join(folder, "forge_version.py"), encoding="utf-8") as f:
+                found = _VERSION.search(f.read())
+        except OSError:
+            continue
+        if found:
+            return found.group(1)
+    return ""
+
+
 def detect() -> str:
     """The name of the running host, from the packages it ships (no import, no side effect)."""
     if _has("modules_forge"):
         if _has("ldm_patched"):
             return REFORGE
         if _has("backend"):
-            return FORGE
+            return FORGE_NEO if forge_version().strip().lower() == "neo" else FORGE
     return A1111
 
 

@@ -30,13 +30,10 @@ What PG relies on (file:line at that commit; see docs/forks.md §2):
 """
 from __future__ import annotations
 
-from typing import Optional
-
-from pg_ext.config import SettingsError
 from pg_ext.patches import patch_deltas
-from pg_ext.session import merge_deltas
 
-from .comfy import UNCOND, layer_of, loaded_networks, marked_router, on_cloned_unet, rows_of_call  # noqa: F401 (the adapter's API)
+from .comfy import (  # noqa: F401 (the adapter's API)
+    UNCOND, backup_base_of, begin_chain_pass, layer_of, loaded_networks, marked_router, rows_of_call, selected_entries)
 
 NAME = "reforge"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for reForge yet (the script refuses it)
@@ -65,58 +62,13 @@ def weak_uncond(weak, host_uncond):
     return weak  # no marker token to carry over: reForge's ControlNet rides on the cond entries
 
 
-# -- which entries belong to which LoRA ----------------------------------------------------------------
-
-def _links(after, original) -> Optional[list]:
-    """The patchers from `original` (excluded) to `after` (included), oldest first; None if not a chain."""
-    chain = []
-    patcher = after
-    while patcher is not None and patcher is not original:
-        chain.append(patcher)
-        patcher = getattr(patcher, "parent", None)
-    return list(reversed(chain)) if patcher is original else None
-
-
-def _new_entries(patcher) -> set[int]:
-    """Ids of the entries this link added: each key's list is the parent's list plus the new ones."""
-    parent = getattr(patcher, "parent", None)
-    before = getattr(parent, "patches", {}) if parent is not None else {}
-    return {id(e) for key, entries in patcher.patches.items() for e in entries[len(before.get(key, [])):]}
-
-
-def selected_entries(after, original, loaded: list, selected: list) -> set[int]:
-    """Ids of the patch entries the selected LoRAs added to one patcher chain (UNet or CLIP)."""
-    links = _links(after, original)
-    if links is None:
-        raise SettingsError("loras", ", ".join(getattr(n, "name", "?") for n in selected),
-                            "cannot be told apart: the model's LoRA patchers are not one clone chain")
-    if len(selected) == len(loaded):
-        return set().union(*(_new_entries(p) for p in links)) if links else set()
-    if len(links) != len(loaded):
-        raise SettingsError("loras", ", ".join(getattr(n, "name", "?") for n in selected),
-                            f"cannot be told apart: {len(loaded)} LoRAs in the prompt but {len(links)} patch "
-                            "steps (a LoRA at strength 0?); leave the field empty to select every LoRA")
-    chosen = {id(n) for n in selected}
-    return set().union(*(_new_entries(p) for p, n in zip(links, loaded) if id(n) in chosen))
-
-
 # -- θ_ω differences from a patcher ---------------------------------------------------------------------
-
-def _base_of(patcher):
-    def base(key: str):
-        backup = patcher.backup.get(key)
-        if backup is not None:
-            return backup.weight  # the model is patched: the parameter holds θ'
-        path, _, name = key.rpartition(".")
-        return getattr(patcher.model.get_submodule(path), name)
-    return base
-
 
 def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
     """θ' − θ_ω per layer of the patcher's model, from its entries, merged by the host's own function."""
     from ldm_patched.modules.lora import calculate_weight
 
-    return patch_deltas(patcher.patches, selected, omega, layer_of(patcher.model), _base_of(patcher),
+    return patch_deltas(patcher.patches, selected, omega, layer_of(patcher.model), backup_base_of(patcher),
                         merge=calculate_weight)
 
 
@@ -128,23 +80,4 @@ def begin_pass(p, session, encode_weak, extra_unet_deltas):
     PG changes nothing on the clone (its hooks are on the shared modules); the clone keeps PG's pass on
     an object of its own, so that whatever PG puts on it never reaches the LoRA chain's patchers.
     """
-    return on_cloned_unet(p, session,
-                          lambda patcher: _hook(p.sd_model, patcher, session, encode_weak, extra_unet_deltas))
-
-
-def _hook(sd_model, patcher, session, encode_weak, extra_unet_deltas):
-    loaded = loaded_networks()
-    selected = session.select(loaded)
-    omega = session.settings.omega
-    original, after = sd_model.forge_objects_original, sd_model.forge_objects_after_applying_lora
-    unet_deltas = patcher_deltas(patcher, selected_entries(after.unet, original.unet, loaded, selected), omega)
-    clip = sd_model.forge_objects.clip
-    text_deltas = {}
-    if clip is not None:
-        chosen = selected_entries(after.clip.patcher, original.clip.patcher, loaded, selected)
-        text_deltas = patcher_deltas(clip.patcher, chosen, omega)
-    return session.begin_pass_with(
-        patcher.model.diffusion_model, merge_deltas(unet_deltas, extra_unet_deltas), text_deltas,
-        [getattr(n, "name", "?") for n in selected], encode_weak,
-        exact_weights=False,  # low-VRAM modules merge per forward: only the additive correction sees θ'
-        empty_prompt=session.settings.weak_prompt == "empty", keep_on_device=True, router=marked_router)
+    return begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas)

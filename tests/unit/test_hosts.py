@@ -14,10 +14,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SCRIPT = os.path.join(ROOT, "scripts", "personalization_guidance.py")
 
 
-def _detect_with(tmp_path, packages):
+def _detect_with(tmp_path, packages, files=None):
     for name in packages:
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text("")
+    for path, text in (files or {}).items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
     code = "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import pg_hosts; print(pg_hosts.detect())"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path), ROOT], cwd=tmp_path, env=env,
@@ -34,6 +37,23 @@ def _detect_with(tmp_path, packages):
 ])
 def test_detect_names_the_host_by_its_packages(tmp_path, packages, host):
     assert _detect_with(tmp_path, packages) == host
+
+
+# modules_forge/forge_version.py as each fork writes it: Neo (namespace package, no __init__.py), Forge 2
+@pytest.mark.parametrize("files, host", [
+    ({"modules_forge/forge_version.py": 'version = "neo"\nrelease = "2.26"\n', "backend/__init__.py": ""}, "forge_neo"),
+    ({"modules_forge/forge_version.py": "version = '2.0.1v1.10.1'\n", "backend/__init__.py": ""}, "forge"),
+    ({"modules_forge/forge_version.py": 'version = "neo"\n', "ldm_patched/__init__.py": ""}, "reforge"),
+])
+def test_forge_neo_is_told_from_forge_by_its_version_file(tmp_path, files, host):
+    assert _detect_with(tmp_path, (), files) == host
+
+
+def test_neo_detection_imports_nothing_of_the_host(tmp_path):
+    files = {"modules_forge/__init__.py": "raise SystemExit('imported')",
+             "modules_forge/forge_version.py": "raise SystemExit('imported')\nversion = 'neo'\n",
+             "backend/__init__.py": "raise SystemExit('imported')"}
+    assert _detect_with(tmp_path, (), files) == "forge_neo"
 
 
 def test_detection_imports_nothing_of_the_host(tmp_path):

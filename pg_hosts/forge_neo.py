@@ -1,0 +1,78 @@
+"""Forge Neo (Haoming02/sd-webui-forge-classic, branch `neo`; read at release 2.26 as redistributed in
+exo101/sd-webui-forge-neo-v3 @de2193d, `webui/`): Forge's `backend/` with ComfyUI's model patcher.
+
+What PG relies on (file:line in that tree; see docs/forks.md §3):
+
+* rows: `backend/sampling/sampling_function.py:calc_cond_uncond_batch` (:156-) is Forge 2's: entries
+  joined in reverse order into as few UNet calls as fit, each marked with
+  `transformer_options["cond_or_uncond"]` (:253), one int per chunk, 1 = uncond; the call reaches
+  `diffusion_model(xc, t, context=, control=, transformer_options=)` (`backend/modules/k_model.py:57`).
+  Same marks as Forge and reForge: `comfy.rows_of_call` reads them.
+* LoRAs: `extensions-builtin/sd_forge_lora/networks.py:load_networks` starts from
+  `forge_objects_original` and, per LoRA, clones the UNet and CLIP patchers and calls `add_patches`
+  (`load_lora_for_models`); the end of that chain is `forge_objects_after_applying_lora`. Unlike Forge 2
+  the patcher is ComfyUI's (`backend/patcher/base.py:169-`): `add_patches` (:414-435) appends to a flat
+  `patches[key]` list the entry `(strength_patch, patch, strength_model, offset, function, online_mode)`
+  and drops the file name; `clone()` (:221-241) copies each list and sets `parent`. So, as in reForge,
+  the entries one LoRA added are the ones new in its link of the clone chain (`reforge.selected_entries`).
+* θ_ω: `backend/patcher/lora.py:merge_lora_to_weight(patches, weight, key, computation_dtype)` merges a
+  key's entries in place into the weight it is given (ComfyUI weight adapters included: LoRA, LoHa,
+  LoKr, DoRA, …). Offline, the original is `patcher.backup[key].weight` while the model is patched
+  (`base.py:473-474`, shared by all clones); online or low-VRAM modules merge per forward from the
+  unpatched parameter (`LowVramPatch`, :110-121, in `weight_function`). `weight_wrapper_patches`
+  (:351-353) is filled by nothing in Neo's own code (no LoRA type uses it).
+* layers: `backend/operations.py` `ForgeOperations.Linear/Conv2d` subclass torch's. Weights stored
+  quantized (bnb `bnb_quantized`, GGUF `gguf_cls`) or converted at load (`convert_weight` on the layer:
+  mixed-precision and fp8 layouts) are not handled: PG stays off for the pass and says so.
+* text encoder: `backend/patcher/clip.py:11-27`, `clip.patcher` patches `clip.cond_stage_model`;
+  `get_learned_conditioning` loads that patcher before every encode (`diffusion_engine/sd15.py:50`).
+* attach: `modules/processing.py:1379-1383` (txt2img), `:1543-1547` (hires), `:1899-1903` (img2img) reset
+  `forge_objects` from `forge_objects_after_applying_lora`, then call `process_before_every_sampling`,
+  inside `p.sample`, which the entry script wraps.
+"""
+from __future__ import annotations
+
+from pg_ext.patches import patch_deltas
+
+from .comfy import backup_base_of, begin_chain_pass, layer_of
+from .reforge import (  # noqa: F401 (same in Neo: the adapter's API)
+    loaded_networks, marked_router, moves_blocks_per_call, original_param, replacement_unet_active,
+    selected_entries, unet, weak_uncond)
+
+NAME = "forge_neo"
+SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for the forks yet (the script refuses it)
+QUANTIZED = ("bnb_quantized", "gguf_cls")  # attributes of weights Neo stores quantized
+
+
+def _plain_layer_of(root):
+    """layer_of, refusing weights PG cannot correct: quantized storage or a per-layer weight conversion."""
+    find = layer_of(root)
+
+    def layer(key: str):
+        found = find(key)
+        if found is None:
+            return None
+        module, name = found
+        weight = getattr(module, name, None)
+        if any(hasattr(weight, attr) for attr in QUANTIZED) or hasattr(module, f"convert_{name}"):
+            raise NotImplementedError(f"{key} is stored quantized or converted at load (bnb/gguf/fp8): "
+                                      "not supported by PG yet")
+        return found
+    return layer
+
+
+def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
+    """θ' − θ_ω per layer of the patcher's model, from its entries, merged by Neo's own function."""
+    import torch
+    from backend.patcher.lora import merge_lora_to_weight
+
+    def merge(entries, weight, key):
+        return merge_lora_to_weight(entries, weight, key, computation_dtype=torch.float32)
+
+    return patch_deltas(patcher.patches, selected, omega, _plain_layer_of(patcher.model), backup_base_of(patcher),
+                        merge)
+
+
+def begin_pass(p, session, encode_weak, extra_unet_deltas):
+    """Clone the UNet patcher for this pass (the forks' own pattern), hook its UNet; undone when the pass ends."""
+    return begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas)

@@ -1,0 +1,62 @@
+"""ModelPatcher (ComfyUI's, as Neo ports it): LoRAs as flat per-key entry lists
+`(strength_patch, patch, strength_model, offset, function, online_mode)`; the file name is not kept; clones
+copy the lists, share `backup` and point to their `parent`. Loading merges offline entries into the
+parameter (original in `backup[key].weight`) and gives online ones to the layer's `weight_function`."""
+import collections
+
+import torch
+
+from .lora import merge_lora_to_weight
+
+Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])
+
+
+class ModelPatcher:
+    def __init__(self, model, load_device=None, offload_device=None, size=0, *, current_device=None):
+        self.model, self.load_device, self.offload_device, self.size = model, load_device, offload_device, size
+        self.patches = {}
+        self.backup = {}
+        self.model_options = {"transformer_options": {}}
+        self.parent = None
+
+    def clone(self):
+        n = self.__class__(self.model, self.load_device, self.offload_device, self.size)
+        n.patches = {k: v[:] for k, v in self.patches.items()}
+        n.backup = self.backup
+        n.model_options = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.model_options.items()}
+        n.parent = self
+        return n
+
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0, *, filename=None, online_mode=None):
+        known = self.model.state_dict()
+        added = []
+        for key, patch in patches.items():
+            if key in known:
+                self.patches.setdefault(key, []).append((strength_patch, patch, strength_model, None, None, online_mode))
+                added.append(key)
+        return added
+
+    def load(self):
+        """What memory_management.load_model_gpu does to this patcher's model (weights restored first)."""
+        self.unpatch_model()
+        with torch.no_grad():
+            for key, entries in self.patches.items():
+                path, _, name = key.rpartition(".")
+                module = self.model.get_submodule(path)
+                if any(e[5] for e in entries):
+                    module.weight_function = [lambda w, k=key, e=entries: merge_lora_to_weight(e, w.float().clone(), k).to(w.dtype)]
+                    continue
+                self.backup[key] = Backup(getattr(module, name).detach().clone(), False)
+                merged = merge_lora_to_weight(entries, self.backup[key].weight.float().clone(), key)
+                setattr(module, name, torch.nn.Parameter(merged.to(self.backup[key].weight.dtype), requires_grad=False))
+        return self.model
+
+    def unpatch_model(self):
+        with torch.no_grad():
+            for key, saved in self.backup.items():
+                path, _, name = key.rpartition(".")
+                setattr(self.model.get_submodule(path), name, torch.nn.Parameter(saved.weight.clone(), requires_grad=False))
+        self.backup.clear()
+        for module in self.model.modules():
+            if "weight_function" in vars(module):
+                del module.weight_function

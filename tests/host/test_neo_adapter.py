@@ -1,0 +1,288 @@
+"""pg_hosts/forge_neo.py against our double of Forge Neo's contract (tests/host/neo_double).
+
+Neo is Forge 2's `backend/` (same sampling function and row marks) with ComfyUI's model patcher (LoRAs
+as flat per-key entries of six fields, one clone per LoRA, no file name kept). The reference is the
+slow, obviously-right way: the selected LoRAs loaded again at ω × strength in patchers of their own,
+merged by the host's function, the weak prompt encoded with that text encoder and the uncond entry
+run alone with that UNet. PG must give the same CFG output from the one batched call, offline and
+online LoRAs alike, and leave the shared patchers as they were.
+
+Forge's double also names its package `backend`: the Neo double is imported once into modules of its
+own and put in `sys.modules` for each test only (fixture `neo_backend`).
+"""
+import os
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NEO_DOUBLE = os.path.join(HERE, "neo_double")
+for path in (os.path.join(HERE, "double"), os.path.join(HERE, "..", "unit")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from pg_ext.config import Settings, SettingsError  # noqa: E402
+from pg_ext.deltas import DenseDelta, LowRankDelta  # noqa: E402
+from pg_ext.session import GuidanceSession  # noqa: E402
+from pg_hosts import forge_neo  # noqa: E402
+from tiny_sd import DIM, TextLayers  # noqa: E402
+from tiny_unet import TinyUNet  # noqa: E402
+
+SCALE, B = 5.0, 2
+
+
+def _is_backend(name):
+    return name == "backend" or name.startswith("backend.")
+
+
+def _import_neo_double():
+    """Neo's double as {module name: module}, imported without disturbing an already imported `backend`."""
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if _is_backend(k)}
+    sys.path.insert(0, NEO_DOUBLE)
+    try:
+        import backend.modules.k_model  # noqa: F401
+        import backend.operations  # noqa: F401
+        import backend.patcher.base  # noqa: F401
+        import backend.sampling.sampling_function  # noqa: F401
+        return {k: sys.modules.pop(k) for k in list(sys.modules) if _is_backend(k)}
+    finally:
+        sys.path.remove(NEO_DOUBLE)
+        sys.modules.update(saved)
+
+
+NEO = _import_neo_double()
+KModel = NEO["backend.modules.k_model"].KModel
+ForgeOperations, as_neo_layers = NEO["backend.operations"].ForgeOperations, NEO["backend.operations"].as_neo_layers
+ModelPatcher = NEO["backend.patcher.base"].ModelPatcher
+LoRAAdapter, LoHaAdapter = NEO["backend.patcher.lora"].LoRAAdapter, NEO["backend.patcher.lora"].LoHaAdapter
+calc_cond_uncond_batch = NEO["backend.sampling.sampling_function"].calc_cond_uncond_batch
+
+
+@pytest.fixture(autouse=True)
+def neo_backend(monkeypatch):
+    """The adapter imports `backend.patcher.lora` when it runs: it must find Neo's."""
+    for name in [k for k in sys.modules if _is_backend(k)]:
+        monkeypatch.delitem(sys.modules, name)
+    for name, module in NEO.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class CLIP:
+    def __init__(self, model=None, patcher=None):
+        self.cond_stage_model = model
+        self.patcher = patcher or ModelPatcher(model)
+
+    def clone(self):
+        return CLIP(self.cond_stage_model, self.patcher.clone())
+
+
+class Objects:
+    def __init__(self, unet, clip):
+        self.unet, self.clip = unet, clip
+
+    def shallow_copy(self):
+        return Objects(self.unet, self.clip)
+
+
+class NeoModel:
+    """What Neo's diffusion engine puts on sd_model; `apply_loras` = networks.py `load_networks`."""
+
+    def __init__(self, chunks_per_call=None):
+        torch.manual_seed(0)
+        unet = as_neo_layers(TinyUNet(16, DIM)).requires_grad_(False)
+        text = as_neo_layers(TextLayers()).requires_grad_(False)
+        self.forge_objects = Objects(ModelPatcher(KModel(unet, chunks_per_call)), CLIP(text))
+        self.forge_objects_original = self.forge_objects.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+
+    def apply_loras(self, loras, online=False):
+        self.forge_objects = chain(self.forge_objects_original, loras, online)
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+
+    def modules(self):
+        return list(self.forge_objects_original.unet.model.modules()) + \
+            list(self.forge_objects_original.clip.cond_stage_model.modules())
+
+
+def chain(original, loras, online=False):
+    """load_lora_for_models per LoRA: clone both patchers, add the LoRA's entries at its strength."""
+    unet, clip = original.unet, original.clip
+    for filename, patches, strength in loras:
+        unet, clip = unet.clone(), clip.clone()
+        unet.add_patches(filename=filename, patches=patches, strength_patch=strength, online_mode=online)
+        clip.patcher.add_patches(filename=filename, patches=patches, strength_patch=strength, online_mode=online)
+    return Objects(unet, clip)
+
+
+def patches(model, seed, kind, only=lambda key: True):
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    roots = {"diffusion_model.": model.forge_objects_original.unet.model.diffusion_model,
+             "": model.forge_objects_original.clip.cond_stage_model}
+    for prefix, root in roots.items():
+        for name, layer in root.named_modules():
+            key = f"{prefix}{name}.weight"
+            if not only(key) or not isinstance(layer, (nn.Linear, nn.Conv2d)):
+                continue
+            conv = isinstance(layer, nn.Conv2d)
+            o, i = layer.weight.shape[0], layer.weight.shape[1]
+            up = torch.randn(*((o, 2, 1, 1) if conv else (o, 2)), generator=gen) * 0.3
+            down = torch.randn(*((2, i, *layer.kernel_size) if conv else (2, i)), generator=gen) * 0.3
+            if kind == "lora":
+                out[key] = LoRAAdapter(up, down, 1.0)
+            else:
+                w2a, w2b = torch.randn(o, 2, generator=gen) * 0.3, torch.randn(2, down[0].numel(), generator=gen) * 0.3
+                out[key] = LoHaAdapter(up.flatten(1), down.flatten(1), 2.0, w2a, w2b)
+    return out
+
+
+def _networks(monkeypatch):
+    nets = [types.SimpleNamespace(name=n) for n in ("subject", "style")]
+    monkeypatch.setitem(sys.modules, "networks", types.SimpleNamespace(loaded_networks=nets))
+    return nets
+
+
+def _loras(model):
+    return [("/loras/subject.safetensors", patches(model, 11, "lora"), 1.0),
+            ("/loras/style.safetensors", patches(model, 12, "loha", only=lambda k: "attn" in k), 0.8)]
+
+
+def _inputs():
+    gen = torch.Generator().manual_seed(3)
+    return (torch.randn(B, 4, 8, 8, generator=gen), torch.full((B,), 400.0),
+            torch.randint(0, 64, (B, 7), generator=gen), torch.randint(0, 64, (B, 7), generator=gen))
+
+
+def _encode(clip, ids):
+    """get_learned_conditioning: load the CLIP patcher (merge), encode."""
+    clip.patcher.load()
+    try:
+        return clip.cond_stage_model(ids)
+    finally:
+        clip.patcher.unpatch_model()
+
+
+def run_pg(model, omega, field="", fail=False):
+    x, sigma, cond_ids, neg_ids = _inputs()
+    model.forge_objects = model.forge_objects_after_applying_lora.shallow_copy()  # processing.py:1379
+    before = model.forge_objects.unet
+    cond = _encode(model.forge_objects.clip, cond_ids)
+    session = GuidanceSession(Settings.from_values({"enabled": True, "omega": omega, "loras": field}))
+    plan = forge_neo.begin_pass(types.SimpleNamespace(sd_model=model), session,
+                                lambda: _encode(model.forge_objects.clip, neg_ids), {})
+    patcher = model.forge_objects.unet
+    try:
+        patcher.load()
+        weak = plan.weak_conditioning if plan is not None else None
+        uncond = weak if weak is not None else _encode(model.forge_objects.clip, neg_ids)
+        session.step(True, cond, uncond)
+        if fail:
+            raise RuntimeError("interrupted")
+        c, u = calc_cond_uncond_batch(patcher.model, [{"c_crossattn": cond}], [{"c_crossattn": uncond}], x, sigma, {})
+    finally:
+        session.close()
+        patcher.unpatch_model()
+    return u + (c - u) * SCALE, plan, before
+
+
+def reference(model, omega, selected, online):
+    x, sigma, cond_ids, neg_ids = _inputs()
+    loras = _loras(model)
+    weak = chain(model.forge_objects_original,
+                 [(f, pt, s * omega if any(f.endswith(f"/{n}.safetensors") for n in selected) else s)
+                  for f, pt, s in loras], online)
+    full = chain(model.forge_objects_original, loras, online)
+    weak_ctx = _encode(weak.clip, neg_ids)
+    weak.unet.load()
+    u = calc_cond_uncond_batch(weak.unet.model, [], [{"c_crossattn": weak_ctx}], x, sigma, {})[1]
+    weak.unet.unpatch_model()
+    cond = _encode(full.clip, cond_ids)
+    full.unet.load()
+    c = calc_cond_uncond_batch(full.unet.model, [{"c_crossattn": cond}], [], x, sigma, {})[0]
+    full.unet.unpatch_model()
+    return u + (c - u) * SCALE
+
+
+def _weights(model):
+    return {k: v.clone() for m in (model.forge_objects_original.unet.model, model.forge_objects_original.clip.cond_stage_model)
+            for k, v in m.state_dict().items()}
+
+
+def _assert_nothing_left(model, before, weights):
+    for module in model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks, type(module).__name__
+        assert "weight_function" not in vars(module), type(module).__name__
+    assert model.forge_objects.unet is before
+    now = _weights(model)
+    assert all(torch.equal(now[k], weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize("omega, field, selected", [(0.0, "", {"subject", "style"}), (0.5, "subject", {"subject"}),
+                                                    (0.3, "style", {"style"})])
+@pytest.mark.parametrize("chunks_per_call, online", [(None, False), (1, False), (None, True)])
+def test_weak_rows_equal_the_loras_at_omega_times_strength(monkeypatch, omega, field, selected, chunks_per_call, online):
+    model = NeoModel(chunks_per_call)
+    weights = _weights(model)
+    model.apply_loras(_loras(model), online)
+    _networks(monkeypatch)
+    out, plan, before = run_pg(model, omega, field)
+    torch.testing.assert_close(out, reference(model, omega, selected, online), atol=2e-5, rtol=1e-5)
+    plain, _, _ = run_pg(model, 1.0)
+    assert (out - plain).abs().max() > 1e-3
+    _assert_nothing_left(model, before, weights)
+
+
+def test_six_field_entries_of_a_plain_lora_are_corrected_low_rank(monkeypatch):
+    model = NeoModel()
+    model.apply_loras(_loras(model))
+    nets = _networks(monkeypatch)
+    after, original = model.forge_objects_after_applying_lora, model.forge_objects_original
+    patcher = model.forge_objects.unet
+    assert all(len(e) == 6 for entries in patcher.patches.values() for e in entries)
+    deltas = forge_neo.patcher_deltas(patcher, forge_neo.selected_entries(after.unet, original.unet, nets, nets[:1]), 0.5)
+    unet = patcher.model.diffusion_model
+    assert all(isinstance(d, LowRankDelta) for d in deltas[unet.time_embed[0]])
+    # where the style's LoHa shares a key, the subject's difference comes from two host merges
+    shared_layer = next(m for m in unet.modules() if any(isinstance(d, DenseDelta) for d in deltas.get(m, [])))
+    assert isinstance(shared_layer, (nn.Linear, nn.Conv2d))
+
+
+def test_an_error_leaves_no_hook_no_clone_and_the_patches_as_they_were(monkeypatch):
+    model = NeoModel()
+    weights = _weights(model)
+    model.apply_loras(_loras(model))
+    _networks(monkeypatch)
+    after = model.forge_objects_after_applying_lora
+    snapshot = {key: list(entries) for key, entries in after.unet.patches.items()}
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_pg(model, 0.3, fail=True)
+    _assert_nothing_left(model, after.unet, weights)
+    assert {key: list(entries) for key, entries in after.unet.patches.items()} == snapshot
+
+
+@pytest.mark.parametrize("mark", ["gguf_cls", "convert_weight"])
+def test_quantized_or_converted_weights_stop_pg_with_a_reason(monkeypatch, mark):
+    model = NeoModel()
+    weights = _weights(model)
+    model.apply_loras(_loras(model))
+    _networks(monkeypatch)
+    layer = model.forge_objects_original.unet.model.diffusion_model.time_embed[0]
+    setattr(layer.weight if mark == "gguf_cls" else layer, mark, object())
+    with pytest.raises(NotImplementedError, match="time_embed.0.weight.*quantized"):
+        run_pg(model, 0.3)
+    _assert_nothing_left(model, model.forge_objects_after_applying_lora.unet, weights)
+
+
+def test_unknown_lora_is_an_input_error(monkeypatch):
+    model = NeoModel()
+    model.apply_loras(_loras(model))
+    _networks(monkeypatch)
+    with pytest.raises(SettingsError, match="'loras'"):
+        run_pg(model, 0.3, "nobody")
