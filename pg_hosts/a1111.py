@@ -52,6 +52,11 @@ def moves_blocks_per_call(sd_model) -> bool:
     return bool(getattr(sd_model, "lowvram", False) and getattr(shared.cmd_opts, "lowvram", False))
 
 
+def scheduling_args() -> tuple:
+    """What prompt_parser.get_learned_conditioning and p.cached_params take after (steps, hires_steps)."""
+    return (shared.opts.use_old_scheduling,)
+
+
 def replacement_unet_active() -> bool:
     """A replacement UNet (TensorRT) runs instead of the torch module: its layers cannot be hooked."""
     return sd_unet.current_unet is not None

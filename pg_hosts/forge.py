@@ -37,7 +37,8 @@ from pg_ext.patches import patch_deltas
 from pg_ext.session import merge_deltas
 
 from .comfy import layer_of, loaded_networks, marked_router, on_cloned_unet
-from .reforge import moves_blocks_per_call, original_param, replacement_unet_active, unet  # noqa: F401 (same in Forge)
+from .reforge import (  # noqa: F401 (same in Forge)
+    moves_blocks_per_call, original_param, replacement_unet_active, scheduling_args, unet)
 
 NAME = "forge"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for Forge yet (the script refuses it)

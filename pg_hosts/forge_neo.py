@@ -44,6 +44,13 @@ SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for the forks yet
 QUANTIZED = ("bnb_quantized", "gguf_cls")  # attributes of weights Neo stores quantized
 
 
+def scheduling_args() -> tuple:
+    """Neo dropped the `use_old_scheduling` option: get_learned_conditioning(model, prompts, steps,
+    hires_steps) and cached_params(prompts, steps, extra_network_data, hires_steps) end there
+    (modules/prompt_parser.py:163, modules/processing.py:412)."""
+    return ()
+
+
 def _plain_layer_of(root):
     """layer_of, refusing weights PG cannot correct: quantized storage or a per-layer weight conversion."""
     find = layer_of(root)

@@ -52,6 +52,13 @@ def moves_blocks_per_call(sd_model) -> bool:
     return False  # the patcher's low-VRAM mode merges per forward (LowVramPatch); PG's deltas are small
 
 
+def scheduling_args() -> tuple:
+    """What prompt_parser.get_learned_conditioning and p.cached_params take after (steps, hires_steps)."""
+    from modules import shared
+
+    return (shared.opts.use_old_scheduling,)
+
+
 def replacement_unet_active() -> bool:
     from modules import sd_unet
 

@@ -182,7 +182,7 @@ def _encode_weak(p, settings: Settings):
     conditioning = prompt_parser.SdConditioning(prompts, width=width, height=height, is_negative_prompt=True)
     with devices.autocast():
         weak = prompt_parser.get_learned_conditioning(shared.sd_model, conditioning, steps, hires_steps,
-                                                      shared.opts.use_old_scheduling)
+                                                      *HOST.scheduling_args())
     WEAK_CACHE[hires] = (key, weak) if key is not None else None
     return weak
 
@@ -199,7 +199,7 @@ def _weak_cache_key(p, settings: Settings, prompts, steps, hires_steps, size, hi
     # θ_ω of the text encoder: each loaded network as the Lora extension tells them apart, and its file's age
     networks = tuple((getattr(n, "name", None), getattr(n, "te_multiplier", None), getattr(n, "unet_multiplier", None),
                       getattr(n, "dyn_dim", None), getattr(n, "mtime", None)) for n in HOST.loaded_networks())
-    return (host_key(prompts, steps, network_data, hires_steps, shared.opts.use_old_scheduling), size, settings,
+    return (host_key(prompts, steps, network_data, hires_steps, *HOST.scheduling_args()), size, settings,
             networks, _opt("lora_functional", False), id(shared.sd_model))
 
 

@@ -29,19 +29,20 @@ mirror_of() {  # owner/name -> bare git dir (or empty)
   done
 }
 
-# export_tree OWNER/NAME REF DEST : tree of REF (commit or branch) into DEST, once (marker file)
+# export_tree OWNER/NAME REF DEST [SUBDIR] : tree of REF (commit or branch) into DEST, once (marker
+# file); with SUBDIR only that folder of the tree (a fork redistributed inside another repository)
 export_tree() {
-  local repo=$1 ref=$2 dest=$3 git commit
+  local repo=$1 ref=$2 dest=$3 sub=${4:-} git commit
   if [[ -f $dest/.pg_export ]]; then say "$repo already exported ($(cat "$dest/.pg_export"))"; return; fi
   git=$(mirror_of "$repo")
   [[ -n $git ]] || fail "no mirror of $repo under MIRROR_ROOT=$MIRROR_ROOT: fetch github:$repo first"
   commit=$(git --git-dir="$git" rev-parse -q --verify "$ref^{commit}" 2>/dev/null) \
     || fail "$repo: '$ref' is not in the mirror $git (refs there: $(git --git-dir="$git" for-each-ref --format='%(refname:short)' refs/heads | tr '\n' ' '))"
   rm -rf "$dest"; mkdir -p "$dest"
-  say "exporting $repo @ $commit -> $dest"
+  say "exporting $repo @ $commit${sub:+:$sub} -> $dest"
   # the snapshots lack blobs >= 4 MiB: the A1111 harness's exporter skips them and lists them
-  "$PYTHON" "$A1111_HARNESS_DIR/tools/git_export.py" "$git" "$commit" "$dest" | tail -n 5 >&2
-  echo "$repo $commit" > "$dest/.pg_export"
+  "$PYTHON" "$A1111_HARNESS_DIR/tools/git_export.py" "$git" "$commit${sub:+:$sub}" "$dest" | tail -n 5 >&2
+  echo "$repo $commit${sub:+:$sub}" > "$dest/.pg_export"
 }
 
 # link the random SD1.5 models and the kohya LoRA made by the A1111 harness (no new models)
@@ -61,16 +62,18 @@ link_models() {
 
 pip_quiet() { "$PY" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 
-# make_venv REQS_FILE : venv with the disk's torch pair first (never resolved freely), then REQS
-# under a constraints file that pins torch.
+# make_venv REQS_FILE [FIRST_FILE] : venv with the disk's torch pair first (never resolved freely), then
+# FIRST_FILE (what the fork's launcher installs on its own before its requirements, e.g. gradio), then
+# REQS, each under a constraints file that pins torch.
 make_venv() {
-  local reqs=$1 cons=$ROOT/constraints.txt stamp=$VENV/.pg_reqs want t0
+  local reqs=$1 first=${2:-} cons=$ROOT/constraints.txt stamp=$VENV/.pg_reqs want t0
   printf 'torch==2.14.1\ntorchvision==0.29.1\n' > "$cons"
-  want=$(cat "$reqs" "$cons" | sha256sum | cut -d' ' -f1)
+  want=$(cat "$reqs" ${first:+"$first"} "$cons" | sha256sum | cut -d' ' -f1)
   [[ -x $PY ]] || { say "venv: $PYTHON -m venv $VENV"; "$PYTHON" -m venv "$VENV"; }
   if [[ $(cat "$stamp" 2>/dev/null) == "$want" ]]; then say "venv up to date"; return; fi
   t0=$(date +%s)
   pip_quiet install -q torch==2.14.1 torchvision==0.29.1
+  if [[ -n $first ]]; then say "pip install -r $first -c $cons"; pip_quiet install -q -r "$first" -c "$cons"; fi
   say "pip install -r $reqs -c $cons"
   pip_quiet install -q -r "$reqs" -c "$cons"
   echo "$want" > "$stamp"

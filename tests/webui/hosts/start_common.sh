@@ -26,10 +26,17 @@ for e in "$@"; do
 done
 
 args=(--skip-prepare-environment --skip-install --skip-python-version-check --skip-version-check
-      --skip-torch-cuda-test --api --server-name 127.0.0.1 --port "$PORT"
-      --ckpt "$WEBUI/models/Stable-diffusion/${CKPT:-rand_sd15.safetensors}"
-      --data-dir "$DATA_DIR" --models-dir "$WEBUI/models" --no-download-sd-model --do-not-download-clip
-      --enable-insecure-extension-access --no-prompt-history "${HOST_ARGS[@]}")
+      --skip-torch-cuda-test --api --server-name 127.0.0.1 --port "$PORT" --data-dir "$DATA_DIR"
+      --enable-insecure-extension-access --no-prompt-history)
+# where the models are and which checkpoint to load: A1111's flags, unless the host's start.sh defines
+# `host_model_args` (it may read PORT, DATA_DIR, WEBUI, CKPT and must set model_args)
+if declare -F host_model_args > /dev/null; then
+  host_model_args
+else
+  model_args=(--ckpt "$WEBUI/models/Stable-diffusion/${CKPT:-rand_sd15.safetensors}" --models-dir "$WEBUI/models"
+              --no-download-sd-model --do-not-download-clip)
+fi
+args+=("${model_args[@]}" "${HOST_ARGS[@]}")
 [[ ${NOWEBUI:-0} == 1 ]] && args+=(--nowebui)
 # shellcheck disable=SC2206
 args+=(${EXTRA_ARGS:-})

@@ -1,24 +1,37 @@
 #!/usr/bin/env bash
-# Offline CPU harness for Forge Neo (Haoming02/sd-webui-forge-classic, branch `neo`, gradio 4).
-#   MIRROR_ROOT=/work/.mirror bash tests/webui/hosts/forge_neo/setup.sh
-# NEO_REF picks the commit (default: the mirror's `neo` branch).  On 2026-12-01 the stored snapshot
-# of this repository holds only the branches `classic` and `improved-presets` (no `neo`), so this
-# stops at the export with the refs it found; see ../README.md.  Writes only under $FORK_HARNESS/forge_neo.
+# Offline CPU harness for Forge Neo (gradio 4.40).   MIRROR_ROOT=/work/.mirror bash tests/webui/hosts/forge_neo/setup.sh
+# Where the source comes from: the search tool's snapshot of Neo's own repository
+# (Haoming02/sd-webui-forge-classic) holds only the branches `classic` and `improved-presets`, not `neo`
+# (checked 2026-12-01 and 2026-12-02). The one full Neo tree the tool can bring is a redistribution:
+# exo101/sd-webui-forge-neo-v3 keeps Neo under `webui/` (`modules_forge/forge_version.py`: version
+# "neo", release "2.26"). We pin its commit de2193d (2026-08-09), the first that tracks
+# `backend/huggingface/` (the model configs Neo loads checkpoints with); its later commits edit
+# processing.py, ui.py and main_entry.py for that bundle's own features, so they are not used.
+# The bundle's third-party extensions (`webui/extensions/`) are removed after the export.
+# Override with NEO_REPO / NEO_REF / NEO_SUBDIR (e.g. NEO_REPO=Haoming02/sd-webui-forge-classic
+# NEO_REF=neo NEO_SUBDIR= once a snapshot has the branch). Writes only under $FORK_HARNESS/forge_neo.
 HOST_NAME=forge_neo
 source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 host_paths
-REF=${NEO_REF:-neo}
+REPO=${NEO_REPO:-exo101/sd-webui-forge-neo-v3}
+REF=${NEO_REF:-de2193d}
+SUBDIR=${NEO_SUBDIR-webui}
 mkdir -p "$ROOT/logs"
 t_all=$(date +%s)
 
-export_tree Haoming02/sd-webui-forge-classic "$REF" "$WEBUI"
-[[ -f $WEBUI/requirements.txt ]] || fail "no requirements.txt in the exported tree: not a Neo checkout?"
-# Neo's launcher pins its own torch; we keep the disk's pair (constraints) and install the rest of
-# its requirements from PyPI.  Lines that point at URLs cannot be installed offline: dropped, listed.
-grep -nE '^(https?://|git\+)' "$WEBUI/requirements.txt" >&2 && say "dropping the URL requirements above" || true
+export_tree "$REPO" "$REF" "$WEBUI" "$SUBDIR"
+[[ -f $WEBUI/modules_forge/forge_version.py ]] || fail "no modules_forge/forge_version.py in the exported tree: not a Neo checkout?"
+grep -q '"neo"' "$WEBUI/modules_forge/forge_version.py" || fail "the exported tree is not Neo: $(cat "$WEBUI/modules_forge/forge_version.py")"
+find "$WEBUI/extensions" -mindepth 1 -maxdepth 1 -exec rm -rf {} + 2>/dev/null || true
+
+# As the launcher does (modules/launch_utils.py prepare_environment): gradio 4.40.0 + gradio_rangeslider
+# 0.0.8 first, in a pip run of their own, then requirements.txt (whose Pillow 12 is newer than gradio
+# 4.40 declares: pip warns and the launcher goes on, so do we). requirements.txt relaxed: the disk's
+# torch pair instead of the launcher's CUDA wheel (constraints), setuptools new enough for torch 2.14.1.
+printf '%s\n' "gradio==4.40.0" "gradio_rangeslider==0.0.8" > "$ROOT/requirements-first.txt"
 write_reqs "$WEBUI/requirements.txt" "$ROOT/requirements.txt" \
   '/^https\?:\/\//d; /^git+/d; s/^setuptools==.*/setuptools==77.0.3/; /^torch\(vision\)\?\([=<>~ ]\|$\)/d' \
-  "clip-anytorch==2.6.0" "requests"
-make_venv "$ROOT/requirements.txt"
+  "requests"
+make_venv "$ROOT/requirements.txt" "$ROOT/requirements-first.txt"
 link_models
 say "setup done in $(( $(date +%s) - t_all ))s; disk: $(du -sh "$ROOT" | cut -f1) (venv $(du -sh "$VENV" | cut -f1))"

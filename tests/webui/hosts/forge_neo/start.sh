@@ -1,6 +1,29 @@
 #!/usr/bin/env bash
-# Start forge_neo (set up by setup.sh) on CPU at 127.0.0.1:${PORT:-7870} with PG linked; see ../start_common.sh.
-#   bash tests/webui/hosts/forge_neo/start.sh [EXTENSION_DIR ...]
+# Start Forge Neo (set up by setup.sh) on CPU at 127.0.0.1:${PORT:-7873} with PG linked; see ../start_common.sh.
+#   PORT=7873 bash tests/webui/hosts/forge_neo/start.sh [EXTENSION_DIR ...]
 HOST_NAME=forge_neo
-HOST_ARGS=(--always-cpu)
+PORT=${PORT:-7873}
+WAIT_MODEL=${WAIT_MODEL:-0}  # Neo loads the checkpoint at the first job, as Forge does
+# Neo's own flags (backend/args.py): --cpu for everything on the CPU, fp32 weights and VAE.
+HOST_ARGS=(--cpu --force-fp32 --fp32-unet --fp32-vae --fp32-text-enc --disable-gpu-warning)
+
+# Neo has no --ckpt / --models-dir / --no-download-sd-model / --do-not-download-clip (and refuses unknown
+# flags): models come from --model-ref, the checkpoint from the settings file's sd_model_checkpoint.
+host_model_args() {
+  local settings=$DATA_DIR/config.json
+  mkdir -p "$DATA_DIR"
+  # (a settings file without Neo's VERSION_UID makes the launcher wait for Enter: modules/launch_utils.py
+  # verify_version; the value is read from that file, as a fresh install would write it)
+  "$PY" - "$settings" "${CKPT:-rand_sd15.safetensors}" "$WEBUI/modules/launch_utils.py" <<'PY'
+import json, os, re, sys
+path, ckpt, launch_utils = sys.argv[1:4]
+data = json.load(open(path)) if os.path.exists(path) else {}
+data["sd_model_checkpoint"] = ckpt
+uid = re.search(r'^VERSION_UID\b[^=]*=\s*"([^"]*)"', open(launch_utils).read(), re.M)
+if uid and "VERSION_UID" not in data:
+    data["VERSION_UID"] = uid.group(1)
+json.dump(data, open(path, "w"), indent=1)
+PY
+  model_args=(--model-ref "$WEBUI/models")
+}
 source "$(dirname "${BASH_SOURCE[0]}")/../start_common.sh"

@@ -1,4 +1,4 @@
-"""PG reference for the forks (reForge, Forge; tests only): PG's weak branch computed the slow, obvious way.
+"""PG reference for the forks (reForge, Forge, Forge Neo; tests only): PG's weak branch computed the slow, obvious way.
 
 The same script title and arguments as tests/webui/reference_ext (A1111), so the live suite's comparisons
 run unchanged: [enabled, omega, weak_prompt ("negative"|"empty"), base_checkpoint (only "None" here),
@@ -33,7 +33,7 @@ import pg_reference_common as common  # noqa: E402 (a module, not its class: see
 
 STATE_ATTR = common.STATE_ATTR
 UNCOND = 1  # the uncond mark in transformer_options["cond_or_uncond"]
-REFORGE = importlib.util.find_spec("ldm_patched") is not None  # else Forge (`backend`)
+REFORGE = importlib.util.find_spec("ldm_patched") is not None  # else Forge or Neo (`backend`)
 _active = {"state": None}  # the running job's state; jobs run one at a time in the WebUI
 
 
@@ -61,9 +61,16 @@ def _apply_lora(unet, clip, filename: str, unet_strength: float, te_strength: fl
                                          online_mode=bool(extra and extra[0]))
 
 
+def _forge2_layout(patcher) -> bool:
+    """Forge 2 keeps LoRAs per file (`lora_patches`, merged by `lora_loader`); reForge and Neo per key (ComfyUI)."""
+    return hasattr(patcher, "lora_patches")
+
+
 def _entries(patcher) -> dict:
     """key -> the patch entries the host merges into that weight, in its order."""
-    if REFORGE:
+    if not _forge2_layout(patcher):
+        if any(len(e) > 5 and e[5] for entries in patcher.patches.values() for e in entries):
+            raise RuntimeError("PG reference: online LoRAs are not supported")  # Neo merges those per forward
         return patcher.patches
     merged = {}
     for (_, _, _, online), patches in patcher.lora_patches.items():
@@ -76,10 +83,11 @@ def _entries(patcher) -> dict:
 
 def _original(patcher, key: str) -> torch.Tensor:
     """The weight before the host patched it: its backup while patched, the parameter otherwise."""
-    backup = patcher.backup.get(key) if REFORGE else patcher.lora_loader.backup.get(key)
+    forge2 = _forge2_layout(patcher)
+    backup = patcher.lora_loader.backup.get(key) if forge2 else patcher.backup.get(key)
     if backup is None:
         return patcher.model.get_parameter(key).data
-    return backup.weight if REFORGE else backup
+    return backup if forge2 else backup.weight
 
 
 def _merge(entries: list, weight: torch.Tensor, key: str) -> torch.Tensor:
@@ -129,8 +137,9 @@ def _encode_weak(p, state: _State):
     strong = sd_model.forge_objects.clip
     sd_model.forge_objects.clip = state.weak_clip
     try:
-        return prompt_parser.get_learned_conditioning(sd_model, cond, getattr(p, "firstpass_steps", p.steps), None,
-                                                      shared.opts.use_old_scheduling)
+        # (Neo dropped the use_old_scheduling option and that argument)
+        old = () if getattr(shared.opts, "use_old_scheduling", None) is None else (shared.opts.use_old_scheduling,)
+        return prompt_parser.get_learned_conditioning(sd_model, cond, getattr(p, "firstpass_steps", p.steps), None, *old)
     finally:
         sd_model.forge_objects.clip = strong
 
