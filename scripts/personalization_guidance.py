@@ -305,7 +305,9 @@ class PersonalizationGuidanceScript(scripts.Script):
                                 elem_id=self.elem_id("end"), tooltip=f["end"].help)
                 hires = gr.Checkbox(value=defaults.hires, label=f["hires"].label, elem_id=self.elem_id("hires"),
                                     tooltip=f["hires"].help)
-            with gr.Row():
+            # DreamBooth controls only where the host's adapter supports a base checkpoint (hidden, not
+            # removed, elsewhere: the positional arguments and the paste fields stay the same in every host)
+            with gr.Row(visible=HOST.SUPPORTS_BASE_CHECKPOINT) as self.base_row:
                 with gr.Column(scale=2):
                     with gr.Row():  # dropdown + refresh tool button, as the WebUI's own checkpoint pickers
                         base = gr.Dropdown(["None"] + sd_models.checkpoint_tiles(), value="None",
@@ -481,11 +483,16 @@ def _axis_setter(name: str):
 
 
 def _axis_confirm(name: str):
+    """Every value of the axis checked before the first cell; through the API a bad one answers 422
+    (the X/Y/Z script calls this inside the job, where a plain error would be a 500)."""
     def confirm(p, values):
-        for value in values:
-            Settings.from_values({name: value})
-            if name == "base_checkpoint" and str(value).strip().lower() not in ("", "none"):
-                _base_info(value)
+        try:
+            for value in values:
+                Settings.from_values({name: value})
+                if name == "base_checkpoint" and str(value).strip().lower() not in ("", "none"):
+                    _base_info(value)
+        except SettingsError as error:
+            raise request_error(p, error) from error
     return confirm
 
 

@@ -20,19 +20,12 @@ from ldm_patched.modules.lora import LoHaAdapter, LoRAAdapter  # noqa: E402
 from ldm_patched.modules.model_base import BaseModel  # noqa: E402
 from ldm_patched.modules.model_patcher import UnetPatcher  # noqa: E402
 from ldm_patched.modules.sd import CLIP, load_lora_for_models  # noqa: E402
+from fork_objects import ForgeObjects  # noqa: E402
 from tiny_sd import DIM, TextLayers  # noqa: E402
 from tiny_unet import TinyUNet  # noqa: E402
 
 
 TextModel = TextLayers  # token ids [B, T] -> [B, T, DIM] through Linear and LayerNorm (CLIP's kinds)
-
-
-class ForgeObjects:
-    def __init__(self, unet, clip):
-        self.unet, self.clip = unet, clip
-
-    def shallow_copy(self):
-        return ForgeObjects(self.unet, self.clip)
 
 
 class ReforgeModel:

@@ -20,46 +20,21 @@ from backend.modules.k_model import KModel  # noqa: E402
 from backend.operations import ForgeOperations, as_forge_linears  # noqa: E402
 from backend.patcher.base import ModelPatcher  # noqa: E402
 from backend.sampling.sampling_function import calc_cond_uncond_batch  # noqa: E402
+from fork_objects import ForgeObjects, ForkModel, cfg_inputs, random_factors, two_loras  # noqa: E402
 from pg_ext.config import Settings, SettingsError  # noqa: E402
 from pg_ext.deltas import LowRankDelta  # noqa: E402
 from pg_ext.session import GuidanceSession  # noqa: E402
 from pg_hosts import forge  # noqa: E402
-from tiny_sd import DIM, TextLayers  # noqa: E402
-from tiny_unet import TinyUNet  # noqa: E402
 
 SCALE, B = 5.0, 2
 
 
-TextModel = TextLayers  # token ids [B, T] -> [B, T, DIM] through Linear and LayerNorm (CLIP's kinds)
 
-
-class CLIP:
-    def __init__(self, model=None, patcher=None):
-        self.cond_stage_model = model
-        self.patcher = patcher or ModelPatcher(model)
-
-    def clone(self):
-        return CLIP(self.cond_stage_model, self.patcher.clone())
-
-
-class Objects:
-    def __init__(self, unet, clip):
-        self.unet, self.clip = unet, clip
-
-    def shallow_copy(self):
-        return Objects(self.unet, self.clip)
-
-
-class ForgeModel:
+class ForgeModel(ForkModel):
     """What forge_loader puts on sd_model, around our double's patchers; `apply_loras` = networks.py:117-126."""
 
     def __init__(self, chunks_per_call=None):
-        torch.manual_seed(0)
-        unet = as_forge_linears(TinyUNet(16, DIM)).requires_grad_(False)
-        text = as_forge_linears(TextModel()).requires_grad_(False)
-        self.forge_objects = Objects(ModelPatcher(KModel(unet, chunks_per_call)), CLIP(text))
-        self.forge_objects_original = self.forge_objects.shallow_copy()
-        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+        super().__init__(as_forge_linears, ModelPatcher, KModel, chunks_per_call)
 
     def apply_loras(self, loras):
         unet, clip = self.forge_objects_original.unet, self.forge_objects_original.clip
@@ -67,33 +42,20 @@ class ForgeModel:
             unet, clip = unet.clone(), clip.clone()
             unet.add_patches(filename=filename, patches=patches, strength_patch=strength)
             clip.patcher.add_patches(filename=filename, patches=patches, strength_patch=strength)
-        self.forge_objects = Objects(unet, clip)
+        self.forge_objects = ForgeObjects(unet, clip)
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
-
-    def modules(self):
-        return list(self.forge_objects_original.unet.model.modules()) + \
-            list(self.forge_objects_original.clip.cond_stage_model.modules())
 
 
 def patches(model, seed, kind, only=lambda key: True):
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
     roots = {"diffusion_model.": model.forge_objects_original.unet.model.diffusion_model,
              "": model.forge_objects_original.clip.cond_stage_model}
-    for prefix, root in roots.items():
-        for name, layer in root.named_modules():
-            key = f"{prefix}{name}.weight"
-            if not only(key) or not isinstance(layer, (ForgeOperations.Linear, nn.Conv2d)):
-                continue
-            conv = isinstance(layer, nn.Conv2d)
-            o, i = layer.weight.shape[0], layer.weight.shape[1]
-            up = torch.randn(*((o, 2, 1, 1) if conv else (o, 2)), generator=gen) * 0.3
-            down = torch.randn(*((2, i, *layer.kernel_size) if conv else (2, i)), generator=gen) * 0.3
-            if kind == "lora":
-                out[key] = ("lora", (up, down, 1.0, None, None))
-            else:
-                w2a, w2b = torch.randn(o, 2, generator=gen) * 0.3, torch.randn(2, down[0].numel(), generator=gen) * 0.3
-                out[key] = ("loha", (up.flatten(1), down.flatten(1), 2.0, w2a, w2b))
+    out = {}
+    for key, up, down, gen in random_factors(roots, seed, only, (ForgeOperations.Linear, nn.Conv2d)):
+        if kind == "lora":
+            out[key] = ("lora", (up, down, 1.0, None, None))
+        else:
+            w2a, w2b = torch.randn(up.shape[0], 2, generator=gen) * 0.3, torch.randn(2, down[0].numel(), generator=gen) * 0.3
+            out[key] = ("loha", (up.flatten(1), down.flatten(1), 2.0, w2a, w2b))
     return out
 
 
@@ -104,14 +66,11 @@ def _networks(monkeypatch):
 
 
 def _loras(model):
-    return [("/loras/subject.safetensors", patches(model, 11, "lora"), 1.0),
-            ("/loras/style.safetensors", patches(model, 12, "loha", only=lambda k: "attn" in k), 0.8)]
+    return two_loras(model, patches)
 
 
 def _inputs():
-    gen = torch.Generator().manual_seed(3)
-    return (torch.randn(B, 4, 8, 8, generator=gen), torch.full((B,), 400.0),
-            torch.randint(0, 64, (B, 7), generator=gen), torch.randint(0, 64, (B, 7), generator=gen))
+    return cfg_inputs(B)
 
 
 def run_pg(model, omega, field="", fail=False):

@@ -16,7 +16,8 @@ from backend.sampling.sampling_function import calc_cond_uncond_batch
 from forge_cfg_denoiser import forge_cfg_step
 from modules import processing, prompt_parser, scripts, sd_samplers, shared
 from pg_host import images, load_pg, pg_module, run
-from tiny_sd import TextEncoder
+from fork_objects import CLIP, ForgeObjects
+from tiny_sd import DIM, TextEncoder
 from tiny_unet import TinyUNet
 
 from pg_hosts import forge
@@ -28,9 +29,9 @@ FILES = {"subject": "/loras/subject.safetensors", "style": "/loras/style.safeten
 class ForgeSD(fa.ForgeModel):
     def __init__(self):
         torch.manual_seed(0)
-        unet = as_forge_linears(TinyUNet(16, fa.DIM)).requires_grad_(False)
+        unet = as_forge_linears(TinyUNet(16, DIM)).requires_grad_(False)
         text = as_forge_linears(TextEncoder()).requires_grad_(False)
-        self.forge_objects = fa.Objects(ModelPatcher(KModel(unet)), fa.CLIP(text))
+        self.forge_objects = ForgeObjects(ModelPatcher(KModel(unet)), CLIP(text, ModelPatcher(text)))
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
         self.lowvram, self.sd_checkpoint_info = False, None

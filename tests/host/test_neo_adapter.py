@@ -24,12 +24,11 @@ for path in (os.path.join(HERE, "double"), os.path.join(HERE, "..", "unit")):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from fork_objects import ForgeObjects, ForkModel, cfg_inputs, random_factors, two_loras  # noqa: E402
 from pg_ext.config import Settings, SettingsError  # noqa: E402
 from pg_ext.deltas import DenseDelta, LowRankDelta  # noqa: E402
 from pg_ext.session import GuidanceSession  # noqa: E402
 from pg_hosts import forge_neo  # noqa: E402
-from tiny_sd import DIM, TextLayers  # noqa: E402
-from tiny_unet import TinyUNet  # noqa: E402
 
 SCALE, B = 5.0, 2
 
@@ -46,7 +45,7 @@ def _import_neo_double():
         import backend.modules.k_model  # noqa: F401
         import backend.operations  # noqa: F401
         import backend.patcher.base  # noqa: F401
-        import backend.sampling.sampling_function  # noqa: F401
+        import backend.sampling.sampling_function  # noqa: F401,E501
         return {k: sys.modules.pop(k) for k in list(sys.modules) if _is_backend(k)}
     finally:
         sys.path.remove(NEO_DOUBLE)
@@ -74,41 +73,15 @@ def neo_backend(monkeypatch):
     torch.set_num_threads(threads)
 
 
-class CLIP:
-    def __init__(self, model=None, patcher=None):
-        self.cond_stage_model = model
-        self.patcher = patcher or ModelPatcher(model)
-
-    def clone(self):
-        return CLIP(self.cond_stage_model, self.patcher.clone())
-
-
-class Objects:
-    def __init__(self, unet, clip):
-        self.unet, self.clip = unet, clip
-
-    def shallow_copy(self):
-        return Objects(self.unet, self.clip)
-
-
-class NeoModel:
+class NeoModel(ForkModel):
     """What Neo's diffusion engine puts on sd_model; `apply_loras` = networks.py `load_networks`."""
 
     def __init__(self, chunks_per_call=None):
-        torch.manual_seed(0)
-        unet = as_neo_layers(TinyUNet(16, DIM)).requires_grad_(False)
-        text = as_neo_layers(TextLayers()).requires_grad_(False)
-        self.forge_objects = Objects(ModelPatcher(KModel(unet, chunks_per_call)), CLIP(text))
-        self.forge_objects_original = self.forge_objects.shallow_copy()
-        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+        super().__init__(as_neo_layers, ModelPatcher, KModel, chunks_per_call)
 
     def apply_loras(self, loras, online=False):
         self.forge_objects = chain(self.forge_objects_original, loras, online)
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
-
-    def modules(self):
-        return list(self.forge_objects_original.unet.model.modules()) + \
-            list(self.forge_objects_original.clip.cond_stage_model.modules())
 
 
 def chain(original, loras, online=False):
@@ -118,28 +91,19 @@ def chain(original, loras, online=False):
         unet, clip = unet.clone(), clip.clone()
         unet.add_patches(filename=filename, patches=patches, strength_patch=strength, online_mode=online)
         clip.patcher.add_patches(filename=filename, patches=patches, strength_patch=strength, online_mode=online)
-    return Objects(unet, clip)
+    return ForgeObjects(unet, clip)
 
 
 def patches(model, seed, kind, only=lambda key: True):
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
     roots = {"diffusion_model.": model.forge_objects_original.unet.model.diffusion_model,
              "": model.forge_objects_original.clip.cond_stage_model}
-    for prefix, root in roots.items():
-        for name, layer in root.named_modules():
-            key = f"{prefix}{name}.weight"
-            if not only(key) or not isinstance(layer, (nn.Linear, nn.Conv2d)):
-                continue
-            conv = isinstance(layer, nn.Conv2d)
-            o, i = layer.weight.shape[0], layer.weight.shape[1]
-            up = torch.randn(*((o, 2, 1, 1) if conv else (o, 2)), generator=gen) * 0.3
-            down = torch.randn(*((2, i, *layer.kernel_size) if conv else (2, i)), generator=gen) * 0.3
-            if kind == "lora":
-                out[key] = LoRAAdapter(up, down, 1.0)
-            else:
-                w2a, w2b = torch.randn(o, 2, generator=gen) * 0.3, torch.randn(2, down[0].numel(), generator=gen) * 0.3
-                out[key] = LoHaAdapter(up.flatten(1), down.flatten(1), 2.0, w2a, w2b)
+    out = {}
+    for key, up, down, gen in random_factors(roots, seed, only):
+        if kind == "lora":
+            out[key] = LoRAAdapter(up, down, 1.0)
+        else:
+            w2a, w2b = torch.randn(up.shape[0], 2, generator=gen) * 0.3, torch.randn(2, down[0].numel(), generator=gen) * 0.3
+            out[key] = LoHaAdapter(up.flatten(1), down.flatten(1), 2.0, w2a, w2b)
     return out
 
 
@@ -150,14 +114,11 @@ def _networks(monkeypatch):
 
 
 def _loras(model):
-    return [("/loras/subject.safetensors", patches(model, 11, "lora"), 1.0),
-            ("/loras/style.safetensors", patches(model, 12, "loha", only=lambda k: "attn" in k), 0.8)]
+    return two_loras(model, patches)
 
 
 def _inputs():
-    gen = torch.Generator().manual_seed(3)
-    return (torch.randn(B, 4, 8, 8, generator=gen), torch.full((B,), 400.0),
-            torch.randint(0, 64, (B, 7), generator=gen), torch.randint(0, 64, (B, 7), generator=gen))
+    return cfg_inputs(B)
 
 
 def _encode(clip, ids):

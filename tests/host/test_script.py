@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modules import infotext_utils, processing, script_callbacks, scripts, shared
-from pg_host import (FIELDS, LayoutRecorder, SlowReference, assert_no_hooks, images, load_pg, make_p, pg_script,
+from pg_host import (FIELDS, pg_module, LayoutRecorder, SlowReference, assert_no_hooks, images, load_pg, make_p, pg_script,
                      run as _run)
 
 
@@ -220,6 +220,29 @@ def test_api_errors_are_http_422(runner):
     with pytest.raises(HTTPException) as err:
         processing.process_images(p)
     assert err.value.status_code == 422 and "'omega'" in err.value.detail and "7" in err.value.detail
+
+
+def test_dreambooth_controls_show_only_where_the_host_supports_them(runner, monkeypatch):
+    from pg_hosts import forge
+
+    script = pg_script(runner)
+    assert script.base_row.kwargs["visible"] is True  # A1111 (the double)
+    args_a1111 = len(script.ui(False))
+    monkeypatch.setattr(pg_module(), "HOST", forge)
+    controls = script.ui(False)
+    assert script.base_row.kwargs["visible"] is False
+    assert len(controls) == args_a1111  # hidden, not removed: positional API arguments unchanged
+
+
+def test_a_bad_xyz_value_through_the_api_is_http_422(runner):
+    from fastapi import HTTPException
+    xyz_grid = next(d.module for d in scripts.scripts_data if d.path.endswith("xyz_grid.py"))
+    omega_axis = next(o for o in xyz_grid.axis_options if o.label == "[PG] ω")
+    p = make_p(runner, prompt="sks <lora:subject:1>")
+    p.is_api = True
+    with pytest.raises(HTTPException) as err:
+        omega_axis.confirm(p, [0.5, 2.0])
+    assert err.value.status_code == 422 and "'omega'" in err.value.detail and "2" in err.value.detail
 
 
 def test_no_lora_runs_plain_cfg_and_says_so(runner):

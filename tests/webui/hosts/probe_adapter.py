@@ -1,11 +1,11 @@
 """PG's fork adapters against the fork's OWN code (no server, no checkpoint): run in the harness venv
-from the fork's webui/ (tests/webui/hosts/probe_adapter.sh reforge|forge).
+from the fork's webui/ (tests/webui/hosts/probe_adapter.sh reforge|forge|forge_neo).
 
 A tiny real UNet (tests/unit/tiny_unet.py; in Forge with Forge's own Linear class) stands behind a
 model object that has what the fork's batched CFG function asks for and calls the UNet as the fork
-does (reForge `model_base.py:191`, Forge `backend/modules/k_model.py:45`). LoRAs are loaded by the
-fork's `load_lora` from kohya-style tensors and put on the fork's patcher clone chain with
-`add_patches`, merged as loading the model does (reForge `patch_weight_to_device`, Forge
+does (reForge `model_base.py:191`, Forge `backend/modules/k_model.py:45`, Neo `:57`). LoRAs are loaded
+by the fork's `load_lora` from kohya-style tensors and put on the fork's patcher clone chain with
+`add_patches`, merged as loading the model does (reForge and Neo `patch_weight_to_device`, Forge
 `LoraLoader.refresh`). PG's adapter then gives θ_ω's differences (through the fork's merge function)
 and the weak rows (from the fork's `cond_or_uncond` marks). Reference: a second chain with the
 selected LoRA at ω × strength, merged by the fork, the uncond entry run alone.
@@ -21,8 +21,9 @@ import os
 import sys
 
 PG_ROOT = os.environ["PG_EXT_DIR"]
-HOST = sys.argv[1]  # reforge | forge
-sys.argv = [sys.argv[0], "--always-cpu", "--skip-torch-cuda-test"]
+HOST = sys.argv[1]  # reforge | forge | forge_neo
+COMFY_PATCHER = HOST != "forge"  # reForge and Neo: ComfyUI's ModelPatcher (flat `patches`, `backup`)
+sys.argv = [sys.argv[0], "--cpu" if HOST == "forge_neo" else "--always-cpu", "--skip-torch-cuda-test"]
 sys.path.insert(0, os.getcwd())
 
 from modules_forge.initialization import initialize_forge  # noqa: E402
@@ -34,7 +35,7 @@ from torch import nn  # noqa: E402
 sys.path[:0] = [PG_ROOT, os.path.join(PG_ROOT, "tests", "unit")]
 from pg_ext.branch import WeakBranch  # noqa: E402
 from pg_ext.router import MarkedRowRouter  # noqa: E402
-from pg_hosts import forge, reforge  # noqa: E402
+from pg_hosts import forge, forge_neo, reforge  # noqa: E402
 from tiny_unet import TinyUNet  # noqa: E402
 
 if HOST == "forge":
@@ -44,6 +45,13 @@ if HOST == "forge":
     from backend.sampling import sampling_function as sf
     from backend.sampling.condition import ConditionCrossAttn as CrossAttn
     adapter = forge
+elif HOST == "forge_neo":
+    from backend.operations import ForgeOperations
+    from backend.patcher import lora as host_lora
+    from backend.patcher.base import ModelPatcher as RootPatcher
+    from backend.sampling import sampling_function as sf
+    from backend.sampling.condition import ConditionCrossAttn as CrossAttn
+    adapter = forge_neo
 else:
     from ldm_patched.modules import lora as host_lora
     from ldm_patched.modules import samplers as sf
@@ -74,7 +82,7 @@ class Model(nn.Module):
         return self.memory  # inf: the fork's free-memory check takes one entry per call
 
     def apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        # reForge model_base.py:191, Forge backend/modules/k_model.py:45
+        # reForge model_base.py:191, Forge backend/modules/k_model.py:45, Neo :57
         return self.diffusion_model(x, t, context=c_crossattn, control=control, transformer_options=transformer_options)
 
 
@@ -111,10 +119,8 @@ def chain(root, loras):
     patcher = root
     for filename, patches, strength in loras:
         patcher = patcher.clone()
-        if HOST == "forge":
-            patcher.add_patches(filename=filename, patches=patches, strength_patch=strength)
-        else:
-            patcher.add_patches(patches, strength)
+        patcher.add_patches(filename=filename, patches=patches, strength_patch=strength) if HOST != "reforge" \
+            else patcher.add_patches(patches, strength)
     return patcher
 
 
@@ -124,12 +130,14 @@ def merged(patcher):
         patcher.lora_loader.refresh(patcher.lora_patches, offload_device=torch.device("cpu"), force_refresh=True)
     else:
         for key in patcher.patches:
-            patcher.patch_weight_to_device(key)
+            patcher.patch_weight_to_device(key, device_to=torch.device("cpu"))
 
 
 def restore(patcher):
     if HOST == "forge":
         patcher.lora_loader.refresh({}, offload_device=torch.device("cpu"), force_refresh=True)
+    elif HOST == "forge_neo":
+        patcher.unpatch_model()
     else:
         for key, saved in list(patcher.backup.items()):
             host_utils.set_attr_param(patcher.model, key, saved.weight)
@@ -137,16 +145,18 @@ def restore(patcher):
 
 
 def batched(model, cond, uncond):
-    if HOST == "forge":
+    if HOST != "reforge":
         return sf.calc_cond_uncond_batch(model, cond or [], uncond, x, sigma, {})
     return sf.calc_cond_batch(model, [cond, uncond], x, sigma, {})
 
 
 def forge_linears(module):
-    """Forge builds its layers from ForgeOperations: the same weights in its Linear (an nn.Module)."""
+    """Forge and Neo build their layers from ForgeOperations: the same weights in their Linear (Forge: an
+    nn.Module that takes whatever the state dict holds; Neo: an nn.Linear subclass, bias as asked)."""
     for name, child in list(module.named_children()):
         if isinstance(child, nn.Linear):
-            layer = ForgeOperations.Linear(child.in_features, child.out_features)
+            extra = {"bias": child.bias is not None} if HOST == "forge_neo" else {}
+            layer = ForgeOperations.Linear(child.in_features, child.out_features, **extra)
             layer.load_state_dict(child.state_dict())
             setattr(module, name, layer.requires_grad_(False))
         else:
@@ -167,18 +177,18 @@ def entries(ctx):
 def selected_of(after, root, nets):
     if HOST == "forge":
         return forge.selected_entries(after, nets[:1])
-    return reforge.selected_entries(after, root, nets, nets[:1])
+    return adapter.selected_entries(after, root, nets, nets[:1])
 
 
 def case(name, style_kind, omega, split):
     unet = TinyUNet(16, 12).requires_grad_(False)
-    model = Model(forge_linears(unet) if HOST == "forge" else unet)
+    model = Model(forge_linears(unet) if HOST != "reforge" else unet)
     root = RootPatcher(model, torch.device("cpu"), torch.device("cpu"))
     subject = ("/loras/subject.safetensors", kohya(model, 1, "lora"))
     style = ("/loras/style.safetensors", kohya(model, 2, style_kind, only=lambda n: "attn" in n))
     after = chain(root, [(*subject, 1.0), (*style, 0.8)])
-    entries_of = (lambda p: {k: [list(e) for e in v] for k, v in p.lora_patches.items()}) if HOST == "forge" \
-        else (lambda p: {k: list(v) for k, v in p.patches.items()})
+    entries_of = (lambda p: {k: list(v) for k, v in p.patches.items()}) if COMFY_PATCHER \
+        else (lambda p: {k: [list(e) for e in v] for k, v in p.lora_patches.items()})
     snapshot = entries_of(after)
     nets = [type("Net", (), {"name": n, "network_on_disk": type("Disk", (), {"filename": f})()})()
             for n, f in (("subject", subject[0]), ("style", style[0]))]

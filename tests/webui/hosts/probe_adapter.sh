@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bash tests/webui/hosts/probe_adapter.sh reforge|forge : PG's adapter on the fork's own code (no server, no model)
-HOST_NAME=${1:?host: reforge or forge}
+# bash tests/webui/hosts/probe_adapter.sh reforge|forge|forge_neo : PG's adapter on the fork's own code (no server, no model)
+HOST_NAME=${1:?host: reforge, forge or forge_neo}
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 host_paths
 [[ -x $PY ]] || fail "no venv: run $HOST_NAME/setup.sh"

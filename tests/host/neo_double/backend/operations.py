@@ -37,12 +37,9 @@ def as_neo_layers(module: nn.Module) -> nn.Module:
     """The same model with every nn.Linear / nn.Conv2d replaced by Neo's layer class holding its weights."""
     for name, child in list(module.named_children()):
         layer = _neo_layer(child)
-        if layer is not None:
-            with torch.no_grad():
-                layer.weight.copy_(child.weight)
-                if child.bias is not None:
-                    layer.bias.copy_(child.bias)
-            setattr(module, name, layer.requires_grad_(False))
-        else:
+        if layer is None:
             as_neo_layers(child)
+            continue
+        layer.load_state_dict(child.state_dict())
+        setattr(module, name, layer.requires_grad_(False))
     return module

@@ -36,27 +36,27 @@ class ModelPatcher:
                 added.append(key)
         return added
 
+    def _layer(self, key):
+        path, _, name = key.rpartition(".")
+        return self.model.get_submodule(path), name
+
     def load(self):
         """What memory_management.load_model_gpu does to this patcher's model (weights restored first)."""
         self.unpatch_model()
-        with torch.no_grad():
-            for key, entries in self.patches.items():
-                path, _, name = key.rpartition(".")
-                module = self.model.get_submodule(path)
-                if any(e[5] for e in entries):
-                    module.weight_function = [lambda w, k=key, e=entries: merge_lora_to_weight(e, w.float().clone(), k).to(w.dtype)]
-                    continue
-                self.backup[key] = Backup(getattr(module, name).detach().clone(), False)
-                merged = merge_lora_to_weight(entries, self.backup[key].weight.float().clone(), key)
-                setattr(module, name, torch.nn.Parameter(merged.to(self.backup[key].weight.dtype), requires_grad=False))
+        for key, entries in self.patches.items():
+            module, name = self._layer(key)
+            if any(e[5] for e in entries):  # online: merged per forward from the unpatched parameter
+                module.weight_function = [lambda w, k=key, e=entries: merge_lora_to_weight(e, w.float().clone(), k).to(w.dtype)]
+            else:
+                original = getattr(module, name).detach().clone()
+                self.backup[key] = Backup(original, False)
+                merged = merge_lora_to_weight(entries, original.float().clone(), key).to(original.dtype)
+                setattr(module, name, torch.nn.Parameter(merged, requires_grad=False))
         return self.model
 
     def unpatch_model(self):
-        with torch.no_grad():
-            for key, saved in self.backup.items():
-                path, _, name = key.rpartition(".")
-                setattr(self.model.get_submodule(path), name, torch.nn.Parameter(saved.weight.clone(), requires_grad=False))
-        self.backup.clear()
+        for key in list(self.backup):
+            module, name = self._layer(key)
+            setattr(module, name, torch.nn.Parameter(self.backup.pop(key).weight.clone(), requires_grad=False))
         for module in self.model.modules():
-            if "weight_function" in vars(module):
-                del module.weight_function
+            vars(module).pop("weight_function", None)

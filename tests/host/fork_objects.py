@@ -1,0 +1,73 @@
+"""What the forks' loaders put on `sd_model` around their patchers, as PG's adapters meet it (test helper,
+not a host file): `forge_objects` with `unet` / `clip` and `shallow_copy()`, a CLIP holding the text
+model and the patcher that patches it, and seeded random LoRA factors for every Linear/Conv2d layer."""
+import torch
+from torch import nn
+
+from tiny_sd import DIM, TextLayers
+from tiny_unet import TinyUNet
+
+
+class ForgeObjects:
+    def __init__(self, unet, clip):
+        self.unet, self.clip = unet, clip
+
+    def shallow_copy(self):
+        return ForgeObjects(self.unet, self.clip)
+
+
+class CLIP:
+    """forge_objects.clip: `cond_stage_model` and its `patcher`; a clone shares the model, clones the patcher."""
+
+    def __init__(self, model, patcher):
+        self.cond_stage_model, self.patcher = model, patcher
+
+    def clone(self):
+        return CLIP(self.cond_stage_model, self.patcher.clone())
+
+
+def random_factors(roots: dict, seed: int, only=lambda key: True, layers=(nn.Linear, nn.Conv2d)):
+    """(key, up, down, generator) of a rank-2 LoRA on every layer of `roots` ({key prefix: module}) whose
+    weight key passes `only`; up/down shaped for the layer (1x1 up and full-kernel down on a Conv2d)."""
+    gen = torch.Generator().manual_seed(seed)
+    for prefix, root in roots.items():
+        for name, layer in root.named_modules():
+            key = f"{prefix}{name}.weight"
+            if not only(key) or not isinstance(layer, layers):
+                continue
+            conv = isinstance(layer, nn.Conv2d)
+            o, i = layer.weight.shape[0], layer.weight.shape[1]
+            up = torch.randn(*((o, 2, 1, 1) if conv else (o, 2)), generator=gen) * 0.3
+            down = torch.randn(*((2, i, *layer.kernel_size) if conv else (2, i)), generator=gen) * 0.3
+            yield key, up, down, gen
+
+
+class ForkModel:
+    """sd_model of a fork around a tiny UNet and text model built from the host's layer classes
+    (`host_layers`), each under a `patcher`; the UNet behind the host's model wrapper (`k_model`)."""
+
+    def __init__(self, host_layers, patcher, k_model, chunks_per_call=None):
+        torch.manual_seed(0)
+        unet = host_layers(TinyUNet(16, DIM)).requires_grad_(False)
+        text = host_layers(TextLayers()).requires_grad_(False)
+        self.forge_objects = ForgeObjects(patcher(k_model(unet, chunks_per_call)), CLIP(text, patcher(text)))
+        self.forge_objects_original = self.forge_objects.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+
+    def modules(self):
+        return list(self.forge_objects_original.unet.model.modules()) + \
+            list(self.forge_objects_original.clip.cond_stage_model.modules())
+
+
+def two_loras(model, patches) -> list:
+    """(file, patches, strength) of a subject LoRA everywhere and a LoHa style on the attention layers
+    (`patches(model, seed, kind, only)` makes them in the host's layout)."""
+    return [("/loras/subject.safetensors", patches(model, 11, "lora"), 1.0),
+            ("/loras/style.safetensors", patches(model, 12, "loha", only=lambda k: "attn" in k), 0.8)]
+
+
+def cfg_inputs(batch: int):
+    """x, sigma, cond token ids, negative token ids of one CFG step, seeded."""
+    gen = torch.Generator().manual_seed(3)
+    return (torch.randn(batch, 4, 8, 8, generator=gen), torch.full((batch,), 400.0),
+            torch.randint(0, 64, (batch, 7), generator=gen), torch.randint(0, 64, (batch, 7), generator=gen))
