@@ -14,7 +14,7 @@ What PG relies on (file:line in that tree; see docs/forks.md §3):
   the patcher is ComfyUI's (`backend/patcher/base.py:169-`): `add_patches` (:414-435) appends to a flat
   `patches[key]` list the entry `(strength_patch, patch, strength_model, offset, function, online_mode)`
   and drops the file name; `clone()` (:221-241) copies each list and sets `parent`. So, as in reForge,
-  the entries one LoRA added are the ones new in its link of the clone chain (`reforge.selected_entries`).
+  the entries one LoRA added are the ones new in its link of the clone chain (`comfy.selected_entries`).
 * θ_ω: `backend/patcher/lora.py:merge_lora_to_weight(patches, weight, key, computation_dtype)` merges a
   key's entries in place into the weight it is given (ComfyUI weight adapters included: LoRA, LoHa,
   LoKr, DoRA, …). Offline, the original is `patcher.backup[key].weight` while the model is patched
@@ -34,10 +34,10 @@ from __future__ import annotations
 
 from pg_ext.patches import patch_deltas
 
-from .comfy import backup_base_of, begin_chain_pass, layer_of
-from .reforge import (  # noqa: F401 (same in Neo: the adapter's API)
-    loaded_networks, marked_router, moves_blocks_per_call, original_param, replacement_unet_active,
-    selected_entries, unet, weak_uncond)
+from .comfy import (  # noqa: F401 (the adapter's API)
+    backup_base_of, begin_chain_pass, layer_of, loaded_networks, marked_router, selected_entries)
+from .reforge import (  # noqa: F401 (same in Neo)
+    moves_blocks_per_call, original_param, replacement_unet_active, unet, weak_uncond)
 
 NAME = "forge_neo"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for the forks yet (the script refuses it)
