@@ -9,10 +9,13 @@ way (ComfyUI's model patcher, one clone per LoRA): the selection and the pass ho
 """
 from __future__ import annotations
 
+import ast
+import dataclasses
+import os
 import sys
-from typing import Callable, Optional
+import weakref
+from typing import Any, Callable, Optional
 
-from pg_ext.config import SettingsError
 from pg_ext.router import MarkedRowRouter
 from pg_ext.rows import WeakRows
 from pg_ext.session import merge_deltas
@@ -50,65 +53,129 @@ def layer_of(root):
     return find
 
 
-def on_cloned_unet(p, session, hook):
-    """Clone the UNet patcher for this pass (the forks' own pattern) and give it to `hook`; the previous
-    patcher comes back when the pass ends, or at once if `hook` fails."""
-    session.end_pass()
-    objects = p.sd_model.forge_objects
-    previous = objects.unet
-    patcher = previous.clone()
-    objects.unet = patcher
+# -- ComfyUI's model patcher (reForge, Forge Neo): which entries each LoRA added ---------------------------
+# Both forks' Lora extensions start from `forge_objects_original` and run every LoRA of the prompt, in
+# order, through the host's `load_lora_for_models`, which may clone the UNet and/or the CLIP patcher and
+# `add_patches` to the clone (`clone()` copies each key's entry list). Whether a LoRA adds a clone, and to
+# which patcher, is the loader's own decision: Neo clones a patcher only when the LoRA has keys for it and
+# drops the clone when more than a quarter of them are skipped or more than half match nothing
+# (sd_forge_lora/networks.py:48-80 at de2193d); reForge clones nothing for a LoRA at strength 0 on both
+# sides (ldm_patched/modules/sd.py:89-104). So PG does not guess the chain's shape: it replays the host's
+# loader on the original patchers with the prompt's LoRAs as the host recorded them
+# (`sd_model.current_lora_hash`) and notes, per key, which LoRA added each entry. The replay is kept per
+# LoRA set (ints only), so a job costs it once per change of the prompt's LoRAs, as the host's own load.
 
-    def restore():
-        if objects.unet is patcher:  # another extension may have replaced it since: leave theirs alone
-            objects.unet = previous
+LoadOne = Callable[[Any, Any, tuple], tuple]  # (unet patcher, CLIP, target) -> (unet patcher, CLIP), the host's
 
+
+@dataclasses.dataclass(frozen=True)
+class LoraOwners:
+    """Per patcher key, the index (into the host's LoRA targets) of the LoRA that added each new entry."""
+
+    unet: dict
+    clip: dict
+
+
+def lora_targets(sd_model) -> list[tuple]:
+    """The prompt's LoRAs as the host loaded them: `[filename, unet strength, te strength, ...]` each, from
+    `current_lora_hash` (the `str()` of that list, networks.py `load_networks`)."""
+    recorded = getattr(sd_model, "current_lora_hash", None)
     try:
-        plan = hook(patcher)
-    except BaseException:
-        restore()
-        raise
-    session.undo_at_end_of_pass(restore)
-    return plan
+        targets = ast.literal_eval(recorded) if isinstance(recorded, str) and recorded else []
+    except (ValueError, SyntaxError):
+        targets = None
+    if not isinstance(targets, list) or not all(isinstance(t, (list, tuple)) and len(t) >= 3 for t in targets):
+        raise NotImplementedError(f"the host's record of the loaded LoRAs cannot be read: {recorded!r}")
+    return [tuple(t) for t in targets]
 
 
-# -- ComfyUI's model patcher (reForge, Forge Neo): LoRAs as a clone chain of patchers ------------------
-# Both forks' Lora extensions start from `forge_objects_original`, clone the UNet and CLIP patchers once
-# per LoRA and `add_patches` to the clone; `clone()` copies each key's entry list and sets `parent`. The
-# end of the chain is `forge_objects_after_applying_lora`.
+class _OwnersCache:
+    """The replay of the current LoRA set: the host's record and weak references to the original patchers
+    (an id could be reused by the next model; a strong reference would keep a switched-out model alive)."""
+
+    def __init__(self) -> None:
+        self.record, self.unet, self.clip, self.owners = None, None, None, None
+
+    def get(self, record, unet, clip) -> Optional[LoraOwners]:
+        same = self.owners is not None and record == self.record and _alive(self.unet) is unet \
+            and _alive(self.clip) is clip
+        return self.owners if same else None
+
+    def put(self, record, unet, clip, owners: LoraOwners) -> None:
+        self.record, self.unet, self.clip, self.owners = record, _ref(unet), _ref(clip), owners
 
 
-def _links(after, original) -> Optional[list]:
-    """The patchers from `original` (excluded) to `after` (included), oldest first; None if not a chain."""
-    chain = []
-    patcher = after
-    while patcher is not None and patcher is not original:
-        chain.append(patcher)
-        patcher = getattr(patcher, "parent", None)
-    return list(reversed(chain)) if patcher is original else None
+def _ref(obj):
+    return None if obj is None else weakref.ref(obj)
 
 
-def _new_entries(patcher) -> set[int]:
-    """Ids of the entries this link added: each key's list is the parent's list plus the new ones."""
-    parent = getattr(patcher, "parent", None)
-    before = getattr(parent, "patches", {}) if parent is not None else {}
-    return {id(e) for key, entries in patcher.patches.items() for e in entries[len(before.get(key, [])):]}
+def _alive(ref):
+    return None if ref is None else ref()
 
 
-def selected_entries(after, original, loaded: list, selected: list) -> set[int]:
-    """Ids of the patch entries the selected LoRAs added to one patcher chain (UNet or CLIP)."""
-    links = _links(after, original)
-    if links is None:
-        raise SettingsError("loras", ", ".join(getattr(n, "name", "?") for n in selected),
-                            "cannot be told apart: the model's LoRA patchers are not one clone chain")
-    if len(selected) == len(loaded):
-        return set().union(*(_new_entries(p) for p in links)) if links else set()
-    if len(links) != len(loaded):
-        raise SettingsError("loras", ", ".join(getattr(n, "name", "?") for n in selected),
-                            f"cannot be told apart: {len(loaded)} LoRAs in the prompt but {len(links)} patch "
-                            "steps (a LoRA at strength 0?); leave the field empty to select every LoRA")
-    chosen = {id(n) for n in selected}
-    return set().union(*(_new_entries(p) for p, n in zip(links, loaded) if id(n) in chosen))
+_owners_cache = _OwnersCache()
+
+
+def lora_owners(sd_model, load_one: LoadOne) -> LoraOwners:
+    """Which LoRA added each entry of the UNet and CLIP patcher chains, from a replay of the host's loader."""
+    original = sd_model.forge_objects_original
+    record = getattr(sd_model, "current_lora_hash", None)
+    owners = _owners_cache.get(record, original.unet, original.clip)
+    if owners is None:
+        owners = _replay(original.unet, original.clip, lora_targets(sd_model), load_one)
+        _owners_cache.put(record, original.unet, original.clip, owners)
+    return owners
+
+
+def _replay(unet, clip, targets: list, load_one: LoadOne) -> LoraOwners:
+    unet_owners: dict = {}
+    clip_owners: dict = {}
+    for index, target in enumerate(targets):
+        new_unet, new_clip = load_one(unet, clip, target)
+        _note_new(unet_owners, unet, new_unet, index)
+        if clip is not None and new_clip is not None:
+            _note_new(clip_owners, clip.patcher, new_clip.patcher, index)
+        unet, clip = new_unet, new_clip
+    return LoraOwners(unet_owners, clip_owners)
+
+
+def _note_new(owners: dict, before, after, index: int) -> None:
+    if after is None or after is before:
+        return  # the loader kept the patcher: this LoRA added nothing to it
+    old = getattr(before, "patches", {})
+    for key, entries in after.patches.items():
+        added = len(entries) - len(old.get(key, []))
+        if added > 0:
+            owners.setdefault(key, []).extend([index] * added)
+
+
+def chosen_targets(targets: list, selected: list) -> set[int]:
+    """Indices of the targets loaded from the selected networks' files."""
+    files = {_file(getattr(getattr(n, "network_on_disk", None), "filename", None)) for n in selected}
+    files.discard(None)
+    return {i for i, target in enumerate(targets) if _file(target[0]) in files}
+
+
+def _file(path) -> Optional[str]:
+    return os.path.normcase(os.path.abspath(path)) if isinstance(path, str) and path else None
+
+
+def selected_entries(after, original, owners: dict, chosen: set[int]) -> set[int]:
+    """Ids of the entries the chosen LoRAs added to one patcher chain (UNet or CLIP), read from `after`.
+
+    Raises NotImplementedError when `after` does not hold exactly the original entries plus the replay's:
+    then the patchers were changed by something PG cannot see, and guessing would give a silent mix.
+    """
+    before = getattr(original, "patches", {}) if original is not None else {}
+    patches = getattr(after, "patches", {}) if after is not None else {}
+    chosen_ids: set[int] = set()
+    for key in set(patches) | set(owners):
+        entries, kept, added = patches.get(key, []), len(before.get(key, [])), owners.get(key, [])
+        if len(entries) != kept + len(added):
+            raise NotImplementedError(f"the LoRA patches on {key} ({len(entries)}) are not the ones the host's "
+                                      f"loader adds ({kept} + {len(added)}): another extension changed them?")
+        chosen_ids |= {id(e) for e, owner in zip(entries[kept:], added) if owner in chosen}
+    return chosen_ids
 
 
 def backup_base_of(patcher):
@@ -122,24 +189,24 @@ def backup_base_of(patcher):
     return base
 
 
-def begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas: Callable):
-    """Clone the UNet patcher for this pass, hook its UNet with the selected LoRAs' θ' − θ_ω from
-    `patcher_deltas(patcher, entry ids, ω)` (the host's merge); undone when the pass ends."""
-    return on_cloned_unet(p, session, lambda patcher: _hook_chain(p.sd_model, patcher, session, encode_weak,
-                                                                  extra_unet_deltas, patcher_deltas))
-
-
-def _hook_chain(sd_model, patcher, session, encode_weak, extra_unet_deltas, patcher_deltas):
+def begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas: Callable, load_one: LoadOne):
+    """Hook this pass's UNet with the selected LoRAs' θ' − θ_ω from `patcher_deltas(patcher, entry ids, ω)`
+    (the host's merge), the entries told apart by `load_one` (the host's loader); undone when the pass ends."""
+    session.end_pass()
+    sd_model = p.sd_model
     loaded = loaded_networks()
     selected = session.select(loaded)
     omega = session.settings.omega
-    original, after = sd_model.forge_objects_original, sd_model.forge_objects_after_applying_lora
-    unet_deltas = patcher_deltas(patcher, selected_entries(after.unet, original.unet, loaded, selected), omega)
+    owners = lora_owners(sd_model, load_one)
+    chosen = chosen_targets(lora_targets(sd_model), selected)
+    original, patcher = sd_model.forge_objects_original, sd_model.forge_objects.unet
+    unet_deltas = patcher_deltas(patcher, selected_entries(patcher, original.unet, owners.unet, chosen), omega)
     clip = sd_model.forge_objects.clip
     text_deltas = {}
     if clip is not None:
-        chosen = selected_entries(after.clip.patcher, original.clip.patcher, loaded, selected)
-        text_deltas = patcher_deltas(clip.patcher, chosen, omega)
+        original_clip = original.clip.patcher if original.clip is not None else None
+        chosen_ids = selected_entries(clip.patcher, original_clip, owners.clip, chosen)
+        text_deltas = patcher_deltas(clip.patcher, chosen_ids, omega)
     return session.begin_pass_with(
         patcher.model.diffusion_model, merge_deltas(unet_deltas, extra_unet_deltas), text_deltas,
         [getattr(n, "name", "?") for n in selected], encode_weak,

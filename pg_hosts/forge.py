@@ -36,7 +36,7 @@ from pg_ext.deltas import register_linear
 from pg_ext.patches import patch_deltas
 from pg_ext.session import merge_deltas
 
-from .comfy import layer_of, loaded_networks, marked_router, on_cloned_unet
+from .comfy import layer_of, loaded_networks, marked_router
 from .reforge import (  # noqa: F401 (same in Forge)
     moves_blocks_per_call, original_param, replacement_unet_active, scheduling_args, unet)
 
@@ -122,14 +122,12 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
 # -- attach ---------------------------------------------------------------------------------------------
 
 def begin_pass(p, session, encode_weak, extra_unet_deltas):
-    """Clone the UNet patcher for this pass (Forge's own pattern), hook its UNet; undone when the pass ends."""
-    return on_cloned_unet(p, session,
-                          lambda patcher: _hook(p.sd_model, patcher, session, encode_weak, extra_unet_deltas))
-
-
-def _hook(sd_model, patcher, session, encode_weak, extra_unet_deltas):
+    """Hook this pass's UNet with the selected LoRAs' θ' − θ_ω (PG puts nothing on Forge's patchers)."""
+    session.end_pass()
+    sd_model = p.sd_model
     selected = session.select(loaded_networks())
     omega = session.settings.omega
+    patcher = sd_model.forge_objects.unet
     unet_deltas = patcher_deltas(patcher, selected_entries(patcher, selected), omega)
     clip = sd_model.forge_objects.clip
     text_deltas = {} if clip is None else patcher_deltas(clip.patcher, selected_entries(clip.patcher, selected), omega)

@@ -13,8 +13,9 @@ What PG relies on (file:line in that tree; see docs/forks.md §3):
   (`load_lora_for_models`); the end of that chain is `forge_objects_after_applying_lora`. Unlike Forge 2
   the patcher is ComfyUI's (`backend/patcher/base.py:169-`): `add_patches` (:414-435) appends to a flat
   `patches[key]` list the entry `(strength_patch, patch, strength_model, offset, function, online_mode)`
-  and drops the file name; `clone()` (:221-241) copies each list and sets `parent`. So, as in reForge,
-  the entries one LoRA added are the ones new in its link of the clone chain (`comfy.selected_entries`).
+  and drops the file name; `clone()` (:221-241) copies each list and sets `parent`. Which patchers a
+  LoRA clones is the loader's call (networks.py:39-80: only a side it has keys for, none when most keys
+  match nothing), so PG replays that loader to learn which entries each LoRA added (`comfy.lora_owners`).
 * θ_ω: `backend/patcher/lora.py:merge_lora_to_weight(patches, weight, key, computation_dtype)` merges a
   key's entries in place into the weight it is given (ComfyUI weight adapters included: LoRA, LoHa,
   LoKr, DoRA, …). Offline, the original is `patcher.backup[key].weight` while the model is patched
@@ -80,6 +81,22 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
                         merge)
 
 
+def load_one(unet, clip, target: tuple) -> tuple:
+    """One LoRA through Neo's loader as `load_networks` runs it (networks.py:145-149): the file read by the
+    extension's reader, kohya's doubled `lora_unet__` prefix fixed, then `load_lora_for_models` (:39-80)."""
+    import networks
+
+    filename, strength_model, strength_clip = target[:3]
+    online = bool(target[3]) if len(target) > 3 else False
+    lora = networks.load_lora_state_dict(filename)
+    if any(key.startswith("lora_unet__") for key in lora):
+        from backend.state_dict import state_dict_prefix_replace
+
+        lora = state_dict_prefix_replace(lora, {"lora_unet__": "lora_unet_"})
+    return networks.load_lora_for_models(unet, clip, lora, strength_model, strength_clip, filename=filename,
+                                         online_mode=online)
+
+
 def begin_pass(p, session, encode_weak, extra_unet_deltas):
-    """Clone the UNet patcher for this pass (the forks' own pattern), hook its UNet; undone when the pass ends."""
-    return begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas)
+    """Hook this pass's UNet with the selected LoRAs' θ' − θ_ω; undone when the pass ends."""
+    return begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas, load_one)

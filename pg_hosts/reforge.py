@@ -15,7 +15,8 @@ What PG relies on (file:line at that commit; see docs/forks.md §2):
   the entry tuples shared) and appends one entry per key with `add_patches` (`model_patcher.py:502-524`,
   entries `(strength_patch, patch, strength_model, offset, function)`); the end of that chain is
   `sd_model.forge_objects_after_applying_lora`, its start `sd_model.forge_objects_original`
-  (`modules_forge/forge_loader.py:445-447`). So the entries one LoRA added are the ones new in its link.
+  (`modules_forge/forge_loader.py:445-447`). A LoRA at strength 0 on both sides adds no link (sd.py:89-104),
+  so PG replays the loader to learn which entries each LoRA added (`comfy.lora_owners`).
 * θ_ω: `ldm_patched/modules/lora.py:calculate_weight` (:331) merges a key's entries into a weight, for
   every patch type the host knows; the original weight is `patcher.backup[key].weight` while the model
   is patched (`model_patcher.py:566-570`), the parameter itself otherwise.
@@ -81,10 +82,15 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
 
 # -- attach ---------------------------------------------------------------------------------------------
 
-def begin_pass(p, session, encode_weak, extra_unet_deltas):
-    """Clone the UNet patcher for this pass (Forge's pattern), hook its UNet; undone when the pass ends.
+def load_one(unet, clip, target: tuple) -> tuple:
+    """One LoRA through reForge's loader as `load_networks` runs it (networks.py:98-104)."""
+    import networks
 
-    PG changes nothing on the clone (its hooks are on the shared modules); the clone keeps PG's pass on
-    an object of its own, so that whatever PG puts on it never reaches the LoRA chain's patchers.
-    """
-    return begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas)
+    filename, strength_model, strength_clip = target[:3]
+    return networks.load_lora_for_models(unet, clip, networks.load_lora_state_dict(filename), strength_model,
+                                         strength_clip, filename=filename)
+
+
+def begin_pass(p, session, encode_weak, extra_unet_deltas):
+    """Hook this pass's UNet with the selected LoRAs' θ' − θ_ω; undone when the pass ends."""
+    return begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas, load_one)

@@ -71,3 +71,26 @@ def cfg_inputs(batch: int):
     gen = torch.Generator().manual_seed(3)
     return (torch.randn(batch, 4, 8, 8, generator=gen), torch.full((batch,), 400.0),
             torch.randint(0, 64, (batch, 7), generator=gen), torch.randint(0, 64, (batch, 7), generator=gen))
+
+
+def lora_file(name: str) -> str:
+    """Where a test's LoRA `name` 'is on disk' (the forks key their records on the file)."""
+    return f"/loras/{name}.safetensors"
+
+
+def lora_hash(targets) -> str:
+    """`current_lora_hash` as the forks' `load_networks` records it: the str() of [[file, unet, te, ...], ...]."""
+    return str([list(t) for t in targets])
+
+
+def install_networks(monkeypatch, names, files: dict, load_lora_for_models):
+    """The forks' Lora extension module (`networks`) as the adapters meet it: the prompt's `loaded_networks`
+    (with their files), the extension's file reader and the host's `load_lora_for_models`."""
+    import sys
+    import types
+
+    nets = [types.SimpleNamespace(name=n, network_on_disk=types.SimpleNamespace(filename=lora_file(n))) for n in names]
+    module = types.SimpleNamespace(loaded_networks=nets, load_lora_state_dict=lambda f: dict(files[f]),
+                                   load_lora_for_models=load_lora_for_models)
+    monkeypatch.setitem(sys.modules, "networks", module)
+    return nets

@@ -20,7 +20,7 @@ from ldm_patched.modules.lora import LoHaAdapter, LoRAAdapter  # noqa: E402
 from ldm_patched.modules.model_base import BaseModel  # noqa: E402
 from ldm_patched.modules.model_patcher import UnetPatcher  # noqa: E402
 from ldm_patched.modules.sd import CLIP, load_lora_for_models  # noqa: E402
-from fork_objects import ForgeObjects  # noqa: E402
+from fork_objects import ForgeObjects, lora_file, lora_hash  # noqa: E402
 from tiny_sd import DIM, TextLayers  # noqa: E402
 from tiny_unet import TinyUNet  # noqa: E402
 
@@ -45,11 +45,16 @@ class ReforgeModel:
     def text_module(self):
         return self.forge_objects_original.clip.cond_stage_model
 
-    def apply_loras(self, loras):
-        """loras: [(patches, unet strength, clip strength)] in prompt order (networks.py:95-104)."""
+    def apply_loras(self, loras, names=("subject", "style", "third")):
+        """loras: [(patches, unet strength, clip strength)] in prompt order, loaded from the files of `names`
+        (networks.py:84-104: the record in `current_lora_hash`, then one `load_lora_for_models` per LoRA)."""
+        self.lora_files = {lora_file(n): patches for n, (patches, _, _) in zip(names, loras)}
+        targets = [[lora_file(n), u, t] for n, (_, u, t) in zip(names, loras)]
+        self.current_lora_hash = lora_hash(targets)
         unet, clip = self.forge_objects_original.unet, self.forge_objects_original.clip
-        for patches, strength_unet, strength_clip in loras:
-            unet, clip = load_lora_for_models(unet, clip, patches, strength_unet, strength_clip)
+        for filename, strength_unet, strength_clip in targets:
+            unet, clip = load_lora_for_models(unet, clip, self.lora_files[filename], strength_unet, strength_clip,
+                                              filename=filename)
         self.forge_objects = ForgeObjects(unet, clip)
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
 
@@ -134,6 +139,16 @@ class ReforgeNetworks:
         model = self.model
         model.forge_objects_original.unet.unpatch_model()  # loading another patcher restores the weights first
         model.forge_objects_original.clip.patcher.unpatch_model()
-        self.loaded_networks = [types.SimpleNamespace(name=name, mentioned_name=name) for name, _ in found]
+        self.loaded_networks = [types.SimpleNamespace(name=name, mentioned_name=name,
+                                                      network_on_disk=types.SimpleNamespace(filename=lora_file(name)))
+                                for name, _ in found]
         strengths = [float(args[0]) if args else 1.0 for _, args in found]
-        model.apply_loras([(self.available[name], s, s) for (name, _), s in zip(found, strengths)])
+        model.apply_loras([(self.available[name], s, s) for (name, _), s in zip(found, strengths)],
+                          names=[name for name, _ in found])
+
+    def load_lora_state_dict(self, filename):
+        return dict(self.model.lora_files[filename])
+
+    @staticmethod
+    def load_lora_for_models(*args, **kwargs):
+        return load_lora_for_models(*args, **kwargs)

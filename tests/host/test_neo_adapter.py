@@ -24,11 +24,12 @@ for path in (os.path.join(HERE, "double"), os.path.join(HERE, "..", "unit")):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from fork_objects import ForgeObjects, ForkModel, cfg_inputs, random_factors, two_loras  # noqa: E402
+from fork_objects import (ForgeObjects, ForkModel, cfg_inputs, install_networks, lora_file, lora_hash,  # noqa: E402
+                          random_factors, two_loras)
 from pg_ext.config import Settings, SettingsError  # noqa: E402
 from pg_ext.deltas import DenseDelta, LowRankDelta  # noqa: E402
 from pg_ext.session import GuidanceSession  # noqa: E402
-from pg_hosts import forge_neo  # noqa: E402
+from pg_hosts import comfy, forge_neo  # noqa: E402
 
 SCALE, B = 5.0, 2
 
@@ -80,17 +81,47 @@ class NeoModel(ForkModel):
         super().__init__(as_neo_layers, ModelPatcher, KModel, chunks_per_call)
 
     def apply_loras(self, loras, online=False):
+        """loras: [(file, patches, strength)]: recorded in `current_lora_hash`, then loaded in order (:120-150)."""
+        self.lora_files = {f: pt for f, pt, _ in loras}
+        self.current_lora_hash = lora_hash([[f, s, s, online] for f, _, s in loras])
         self.forge_objects = chain(self.forge_objects_original, loras, online)
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
 
 
+def load_lora_for_models(model, clip, lora, strength_model, strength_clip, filename="default", online_mode=False):
+    """The contract of Neo's `networks.load_lora_for_models` (sd_forge_lora/networks.py:39-80 at de2193d):
+    the LoRA's keys split into UNet keys, CLIP keys and unmatched ones; nothing at all when more than half
+    match nothing; per side, a clone with the patches only when the LoRA has keys for it, and the clone
+    dropped when more than a quarter of them were skipped by `add_patches`. (Here a LoRA's "file" holds
+    patches keyed like the models' state dicts; a UNet key is one under `diffusion_model.`.)"""
+    unet_keys = set(model.model.state_dict())
+    clip_keys = set(clip.cond_stage_model.state_dict())
+    lora_unet = {k: v for k, v in lora.items() if k.startswith("diffusion_model.")}
+    lora_clip = {k: v for k, v in lora.items() if k in clip_keys and k not in lora_unet}
+    unmatched = len(lora) - len(lora_unet) - len(lora_clip)
+    if unmatched / len(lora) > 0.5:
+        return model, clip
+    if lora_unet:
+        new_model = model.clone()
+        loaded = new_model.add_patches(filename=filename, patches=lora_unet, strength_patch=strength_model,
+                                       online_mode=online_mode)
+        if (len(lora_unet) - len([k for k in loaded if k in unet_keys])) / len(lora_unet) <= 0.25:
+            model = new_model
+    if lora_clip:
+        new_clip = clip.clone()
+        loaded = new_clip.patcher.add_patches(filename=filename, patches=lora_clip, strength_patch=strength_clip,
+                                              online_mode=online_mode)
+        if (len(lora_clip) - len(loaded)) / len(lora_clip) <= 0.25:
+            clip = new_clip
+    return model, clip
+
+
 def chain(original, loras, online=False):
-    """load_lora_for_models per LoRA: clone both patchers, add the LoRA's entries at its strength."""
+    """load_networks from the original patchers: one host load per LoRA, in prompt order."""
     unet, clip = original.unet, original.clip
     for filename, patches, strength in loras:
-        unet, clip = unet.clone(), clip.clone()
-        unet.add_patches(filename=filename, patches=patches, strength_patch=strength, online_mode=online)
-        clip.patcher.add_patches(filename=filename, patches=patches, strength_patch=strength, online_mode=online)
+        unet, clip = load_lora_for_models(unet, clip, dict(patches), strength, strength, filename=filename,
+                                          online_mode=online)
     return ForgeObjects(unet, clip)
 
 
@@ -107,10 +138,8 @@ def patches(model, seed, kind, only=lambda key: True):
     return out
 
 
-def _networks(monkeypatch):
-    nets = [types.SimpleNamespace(name=n) for n in ("subject", "style")]
-    monkeypatch.setitem(sys.modules, "networks", types.SimpleNamespace(loaded_networks=nets))
-    return nets
+def _networks(monkeypatch, model, names=("subject", "style")):
+    return install_networks(monkeypatch, names, model.lora_files, load_lora_for_models)
 
 
 def _loras(model):
@@ -153,9 +182,9 @@ def run_pg(model, omega, field="", fail=False):
     return u + (c - u) * SCALE, plan, before
 
 
-def reference(model, omega, selected, online):
+def reference(model, omega, selected, online, loras=None):
     x, sigma, cond_ids, neg_ids = _inputs()
-    loras = _loras(model)
+    loras = _loras(model) if loras is None else loras
     weak = chain(model.forge_objects_original,
                  [(f, pt, s * omega if any(f.endswith(f"/{n}.safetensors") for n in selected) else s)
                   for f, pt, s in loras], online)
@@ -192,7 +221,7 @@ def test_weak_rows_equal_the_loras_at_omega_times_strength(monkeypatch, omega, f
     model = NeoModel(chunks_per_call)
     weights = _weights(model)
     model.apply_loras(_loras(model), online)
-    _networks(monkeypatch)
+    _networks(monkeypatch, model)
     out, plan, before = run_pg(model, omega, field)
     torch.testing.assert_close(out, reference(model, omega, selected, online), atol=2e-5, rtol=1e-5)
     plain, _, _ = run_pg(model, 1.0)
@@ -203,11 +232,12 @@ def test_weak_rows_equal_the_loras_at_omega_times_strength(monkeypatch, omega, f
 def test_six_field_entries_of_a_plain_lora_are_corrected_low_rank(monkeypatch):
     model = NeoModel()
     model.apply_loras(_loras(model))
-    nets = _networks(monkeypatch)
+    _networks(monkeypatch, model)
     after, original = model.forge_objects_after_applying_lora, model.forge_objects_original
     patcher = model.forge_objects.unet
     assert all(len(e) == 6 for entries in patcher.patches.values() for e in entries)
-    deltas = forge_neo.patcher_deltas(patcher, forge_neo.selected_entries(after.unet, original.unet, nets, nets[:1]), 0.5)
+    owners = comfy.lora_owners(model, forge_neo.load_one)
+    deltas = forge_neo.patcher_deltas(patcher, comfy.selected_entries(after.unet, original.unet, owners.unet, {0}), 0.5)
     unet = patcher.model.diffusion_model
     assert all(isinstance(d, LowRankDelta) for d in deltas[unet.time_embed[0]])
     # where the style's LoHa shares a key, the subject's difference comes from two host merges
@@ -219,7 +249,7 @@ def test_an_error_leaves_no_hook_no_clone_and_the_patches_as_they_were(monkeypat
     model = NeoModel()
     weights = _weights(model)
     model.apply_loras(_loras(model))
-    _networks(monkeypatch)
+    _networks(monkeypatch, model)
     after = model.forge_objects_after_applying_lora
     snapshot = {key: list(entries) for key, entries in after.unet.patches.items()}
     with pytest.raises(RuntimeError, match="interrupted"):
@@ -233,7 +263,7 @@ def test_quantized_or_converted_weights_stop_pg_with_a_reason(monkeypatch, mark)
     model = NeoModel()
     weights = _weights(model)
     model.apply_loras(_loras(model))
-    _networks(monkeypatch)
+    _networks(monkeypatch, model)
     layer = model.forge_objects_original.unet.model.diffusion_model.time_embed[0]
     setattr(layer.weight if mark == "gguf_cls" else layer, mark, object())
     with pytest.raises(NotImplementedError, match="time_embed.0.weight.*quantized"):
@@ -244,6 +274,54 @@ def test_quantized_or_converted_weights_stop_pg_with_a_reason(monkeypatch, mark)
 def test_unknown_lora_is_an_input_error(monkeypatch):
     model = NeoModel()
     model.apply_loras(_loras(model))
-    _networks(monkeypatch)
+    _networks(monkeypatch, model)
     with pytest.raises(SettingsError, match="'loras'"):
         run_pg(model, 0.3, "nobody")
+
+
+# -- LoRAs of every shape users have: Neo's loader decides per LoRA which patchers it clones ----------------
+
+def _subject_plus(model, shape):
+    """A full subject LoRA next to a second LoRA of `shape`, as (file, patches, strength) in prompt order."""
+    unet_only = lambda k: k.startswith("diffusion_model.")  # noqa: E731
+    second = {
+        "unet_only": patches(model, 21, "lora", only=unet_only),
+        "te_only": patches(model, 22, "lora", only=lambda k: not unet_only(k)),
+        # a quarter-plus of its UNet keys name layers this model lacks: Neo keeps no UNet clone for it
+        "partly_matching": {**patches(model, 23, "lora"),
+                            **{f"diffusion_model.missing{i}.weight": LoRAAdapter(torch.zeros(2, 2), torch.zeros(2, 2), 1.0)
+                               for i in range(40)}},
+        "mostly_unmatched": {**patches(model, 24, "lora", only=lambda k: "attn" in k),
+                             **{f"unknown_{i}.weight": LoRAAdapter(torch.zeros(2, 2), torch.zeros(2, 2), 1.0)
+                                for i in range(200)}},
+    }[shape]
+    return [(lora_file("subject"), patches(model, 11, "lora"), 1.0), (lora_file("second"), second, 0.7)]
+
+
+@pytest.mark.parametrize("shape", ["unet_only", "te_only", "partly_matching", "mostly_unmatched"])
+@pytest.mark.parametrize("field, selected", [("second", {"second"}), ("subject", {"subject"}), ("", {"subject", "second"})])
+def test_each_lora_shape_next_to_a_full_one_is_told_apart(monkeypatch, shape, field, selected):
+    """Issue 17 item 1: `<lora:subject_unet_only:1> <lora:style:1>` ran as plain CFG with a note in Neo."""
+    model = NeoModel()
+    loras = _subject_plus(model, shape)
+    model.apply_loras(loras)
+    _networks(monkeypatch, model, ("subject", "second"))
+    weights = _weights(model)
+    out, plan, before = run_pg(model, 0.3, field)
+    host_loaded_nothing = shape == "mostly_unmatched" and field == "second"  # so θ' has nothing to weaken
+    assert (plan is None) == host_loaded_nothing
+    torch.testing.assert_close(out, reference(model, 0.3, selected, False, loras), atol=2e-5, rtol=1e-5)
+    if not host_loaded_nothing:
+        plain, _, _ = run_pg(model, 1.0)
+        assert (out - plain).abs().max() > 1e-3
+    _assert_nothing_left(model, before, weights)
+
+
+def test_a_lora_at_strength_zero_is_still_told_apart(monkeypatch):
+    model = NeoModel()
+    loras = [(lora_file("subject"), patches(model, 11, "lora"), 0.0), (lora_file("second"), patches(model, 21, "lora"), 0.8)]
+    model.apply_loras(loras)
+    _networks(monkeypatch, model, ("subject", "second"))
+    out, plan, _ = run_pg(model, 0.5, "second")
+    assert plan.networks == ["second"]
+    torch.testing.assert_close(out, reference(model, 0.5, {"second"}, False, loras), atol=2e-5, rtol=1e-5)

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from reforge_model import ReforgeModel, lora_patches
+from fork_objects import install_networks
 
 from ldm_patched.modules.samplers import calc_cond_batch, sampling_function
+from ldm_patched.modules.sd import load_lora_for_models
 from pg_ext.config import Settings, SettingsError
 from pg_ext.deltas import DenseDelta, LowRankDelta
 from pg_ext.session import GuidanceSession
-from pg_hosts import reforge
+from pg_hosts import comfy, reforge
 
 SCALE = 5.0
 B = 2
@@ -30,10 +32,9 @@ def one_thread(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def _networks(monkeypatch, *names):
-    nets = [types.SimpleNamespace(name=n) for n in names]
-    monkeypatch.setitem(__import__("sys").modules, "networks", types.SimpleNamespace(loaded_networks=nets))
-    return nets
+def _networks(monkeypatch, model, *names):
+    """The Lora extension as the adapter meets it, around the double's loader (sd.py load_lora_for_models)."""
+    return install_networks(monkeypatch, names, model.lora_files, load_lora_for_models)
 
 
 def _inputs(seed=3):
@@ -163,7 +164,7 @@ class _Merged:
 
 
 def _plain(model, monkeypatch):
-    _networks(monkeypatch, "subject", "style")
+    _networks(monkeypatch, model, "subject", "style")
     out, _, _, _ = run_pg(model, monkeypatch, omega=1.0)
     return out
 
@@ -186,7 +187,7 @@ def test_weak_rows_equal_the_loras_at_omega_times_strength(monkeypatch, omega, c
     model = ReforgeModel(chunks_per_call=chunks_per_call)
     loras = _loras(model)
     model.apply_loras(loras)
-    _networks(monkeypatch, "subject", "style")
+    _networks(monkeypatch, model, "subject", "style")
     calls = []
     handle = model.unet_module.register_forward_pre_hook(
         lambda m, a, k: calls.append(list(k["transformer_options"]["cond_or_uncond"])), with_kwargs=True)
@@ -207,7 +208,7 @@ def test_empty_weak_prompt_is_encoded_at_theta_omega(monkeypatch):
     model = ReforgeModel()
     loras = _loras(model)
     model.apply_loras(loras)
-    _networks(monkeypatch, "subject", "style")
+    _networks(monkeypatch, model, "subject", "style")
     out, _, _, _ = run_pg(model, monkeypatch, 0.25, "subject", weak_prompt="empty")
     torch.testing.assert_close(out, reference(model, 0.25, {0}, weak_prompt="empty", loras=loras), atol=2e-5, rtol=1e-5)
 
@@ -217,7 +218,7 @@ def test_non_additive_type_takes_the_hosts_merge_and_stays_exact(monkeypatch):
     model = ReforgeModel()
     loras = _loras(model, style_kind="dora")
     model.apply_loras(loras)
-    _networks(monkeypatch, "subject", "style")
+    _networks(monkeypatch, model, "subject", "style")
     out, _, _, _ = run_pg(model, monkeypatch, 0.3, "style")
     torch.testing.assert_close(out, reference(model, 0.3, {1}, loras=loras), atol=2e-5, rtol=1e-5)
 
@@ -226,9 +227,9 @@ def test_plain_lora_alone_on_a_key_is_low_rank_and_mixed_keys_are_dense(monkeypa
     model = ReforgeModel()
     loras = _loras(model)
     model.apply_loras(loras)
-    _networks(monkeypatch, "subject", "style")
-    chosen = reforge.selected_entries(model.forge_objects.unet, model.forge_objects_original.unet,
-                                      reforge.loaded_networks(), reforge.loaded_networks()[:1])
+    _networks(monkeypatch, model, "subject", "style")
+    owners = comfy.lora_owners(model, reforge.load_one)
+    chosen = comfy.selected_entries(model.forge_objects.unet, model.forge_objects_original.unet, owners.unet, {0})
     deltas = reforge.patcher_deltas(model.forge_objects.unet, chosen, 0.5)
     unet = model.unet_module
     assert all(isinstance(d, LowRankDelta) for d in deltas[unet.conv_in])  # subject only: up/down, no dense weight
@@ -239,7 +240,7 @@ def test_plain_lora_alone_on_a_key_is_low_rank_and_mixed_keys_are_dense(monkeypa
 def test_omega_one_is_plain_cfg_bit_for_bit(monkeypatch):
     model = ReforgeModel()
     model.apply_loras(_loras(model))
-    _networks(monkeypatch, "subject", "style")
+    _networks(monkeypatch, model, "subject", "style")
     out, plan, _, _ = run_pg(model, monkeypatch, 1.0)
     x, sigma, cond_ids, neg_ids = _inputs()
     with ReforgeModelView(model, _loras(model)).clip() as clip:
@@ -253,7 +254,7 @@ def test_omega_one_is_plain_cfg_bit_for_bit(monkeypatch):
 def test_an_error_mid_sampling_leaves_no_hook_no_clone_and_the_patches_as_they_were(monkeypatch):
     model = ReforgeModel()
     model.apply_loras(_loras(model))
-    _networks(monkeypatch, "subject", "style")
+    _networks(monkeypatch, model, "subject", "style")
     chain = []
     patcher = model.forge_objects_after_applying_lora.unet
     while patcher is not None:
@@ -271,21 +272,33 @@ def test_an_error_mid_sampling_leaves_no_hook_no_clone_and_the_patches_as_they_w
 def test_unknown_lora_name_is_an_input_error_naming_the_field(monkeypatch):
     model = ReforgeModel()
     model.apply_loras(_loras(model))
-    _networks(monkeypatch, "subject", "style")
+    _networks(monkeypatch, model, "subject", "style")
     with pytest.raises(SettingsError, match="'loras'.*nobody"):
         run_pg(model, monkeypatch, 0.3, "nobody")
     _assert_nothing_left(model, model.forge_objects_after_applying_lora.unet)
 
 
-def test_a_lora_that_added_no_patches_makes_a_named_selection_an_error_not_a_wrong_guess(monkeypatch):
+def test_a_lora_at_strength_zero_adds_no_link_and_the_others_are_still_told_apart(monkeypatch):
     model = ReforgeModel()
     loras = _loras(model, subject_strength=(0.0, 0.0))  # <lora:subject:0>: the host adds no link for it
     model.apply_loras(loras)
-    _networks(monkeypatch, "subject", "style")
-    with pytest.raises(SettingsError, match="'loras'.*cannot be told apart"):
-        run_pg(model, monkeypatch, 0.3, "style")
-    out, _, _, _ = run_pg(model, monkeypatch, 0.3, "")  # every LoRA: no need to tell them apart
+    _networks(monkeypatch, model, "subject", "style")
+    out, plan, _, _ = run_pg(model, monkeypatch, 0.3, "style")  # was refused: the chain had 1 link for 2 LoRAs
+    assert plan is not None and plan.networks == ["style"]
+    torch.testing.assert_close(out, reference(model, 0.3, {1}, loras=loras), atol=2e-5, rtol=1e-5)
+    out, _, _, _ = run_pg(model, monkeypatch, 0.3, "")
     torch.testing.assert_close(out, reference(model, 0.3, {0, 1}, loras=loras), atol=2e-5, rtol=1e-5)
+
+
+def test_patches_the_hosts_loader_did_not_add_stop_pg_with_a_reason(monkeypatch):
+    model = ReforgeModel()
+    model.apply_loras(_loras(model))
+    _networks(monkeypatch, model, "subject", "style")
+    extra = model.forge_objects_after_applying_lora.unet.clone()  # another extension adds a patch of its own
+    extra.add_patches({"diffusion_model.conv_in.weight": lora_patches(model, seed=5, kind="lora")["diffusion_model.conv_in.weight"]}, 1.0)
+    model.forge_objects_after_applying_lora.unet = extra
+    with pytest.raises(NotImplementedError, match="conv_in.weight.*not the ones the host's loader adds"):
+        run_pg(model, monkeypatch, 0.3, "subject")
 
 
 def test_rows_come_from_the_calls_marks_and_unmarked_calls_count_as_missed():

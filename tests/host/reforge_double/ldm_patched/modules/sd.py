@@ -16,7 +16,7 @@ class CLIP:
         return n
 
 
-def load_lora_for_models(model, clip, patches, strength_model, strength_clip):
+def load_lora_for_models(model, clip, patches, strength_model, strength_clip, filename="default"):
     """`patches`: key -> patch object, keys of both models (UNet keys start with 'diffusion_model.')."""
     if strength_model == 0 and strength_clip == 0:
         return model, clip  # nothing to add: no clone (so no link in the chain)
