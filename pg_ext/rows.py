@@ -91,16 +91,23 @@ class WeakRows:
         return cls(flags.nonzero().flatten().tolist(), flags.shape[0])
 
     @classmethod
-    def from_chunk_marks(cls, marks: Sequence[int], rows: int, weak_mark: int = 1) -> Optional["WeakRows"]:
-        """From host-side chunk marks (ComfyUI's `cond_or_uncond`: one int per chunk of rows/len(marks) rows).
+    def from_chunk_marks(cls, marks: Sequence[int], rows: int, weak_mark: int = 1,
+                         chunk_rows: Optional[int] = None) -> Optional["WeakRows"]:
+        """From host-side chunk marks (ComfyUI's `cond_or_uncond`: one int per chunk of `chunk_rows` rows).
 
-        None when the rows do not split evenly into the marked chunks (then nothing can be told apart).
+        A call of rows = k · len(marks) · chunk_rows with k > 1 is k tiles of the marked batch, tile-major
+        (MultiDiffusion with Tile Batch Size k: every tile carries all of the batch's rows). Without
+        `chunk_rows` the chunks are taken as rows / len(marks). None when the rows fit neither layout.
         """
         marks = list(marks)
-        if not marks or rows <= 0 or rows % len(marks) != 0:
+        if not marks or rows <= 0:
             return None
-        size = rows // len(marks)
-        return cls([c * size + i for c, mark in enumerate(marks) if mark == weak_mark for i in range(size)], rows)
+        size = chunk_rows if chunk_rows is not None else (rows // len(marks) if rows % len(marks) == 0 else 0)
+        block = size * len(marks)
+        if size <= 0 or rows % block != 0:
+            return None
+        weak = [c * size + i for c, mark in enumerate(marks) if mark == weak_mark for i in range(size)]
+        return cls([tile * block + i for tile in range(rows // block) for i in weak], rows)
 
     @classmethod
     def every_row(cls) -> "WeakRows":

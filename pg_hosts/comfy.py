@@ -29,13 +29,19 @@ def loaded_networks() -> list:
 
 
 def rows_of_call(args: tuple, kwargs: dict) -> Optional[WeakRows]:
-    """The weak (uncond) rows of one UNet call from its `cond_or_uncond` marks; None when it has none."""
+    """The weak (uncond) rows of one UNet call from its `cond_or_uncond` marks; None when it has none.
+
+    Each chunk holds the step's B rows, B = len(`sigmas`), the sampler's per-row timestep that the forks
+    put next to the marks (reForge samplers.py:324, Forge/Neo sampling_function.py:254). Knowing B is what
+    tells a call of k tiles (MultiDiffusion, tile-major, marks unchanged) from k times larger chunks.
+    """
     options = kwargs.get("transformer_options")
     marks = options.get("cond_or_uncond") if isinstance(options, dict) else None
+    sigmas = options.get("sigmas") if isinstance(options, dict) else None
     x = args[0] if args else kwargs.get("x")
-    if marks is None or x is None:
-        return None
-    return WeakRows.from_chunk_marks(marks, x.shape[0], weak_mark=UNCOND)
+    if marks is None or x is None or getattr(sigmas, "dim", lambda: 0)() != 1:
+        return None  # unmarked, or marks without the step's rows: the layout cannot be read
+    return WeakRows.from_chunk_marks(marks, x.shape[0], weak_mark=UNCOND, chunk_rows=sigmas.shape[0])
 
 
 def marked_router(module, branch) -> MarkedRowRouter:

@@ -159,7 +159,7 @@ def _encode(clip, ids):
         clip.patcher.unpatch_model()
 
 
-def run_pg(model, omega, field="", fail=False):
+def run_pg(model, omega, field="", fail=False, options=None):
     x, sigma, cond_ids, neg_ids = _inputs()
     model.forge_objects = model.forge_objects_after_applying_lora.shallow_copy()  # processing.py:1379
     before = model.forge_objects.unet
@@ -175,14 +175,15 @@ def run_pg(model, omega, field="", fail=False):
         session.step(True, cond, uncond)
         if fail:
             raise RuntimeError("interrupted")
-        c, u = calc_cond_uncond_batch(patcher.model, [{"c_crossattn": cond}], [{"c_crossattn": uncond}], x, sigma, {})
+        c, u = calc_cond_uncond_batch(patcher.model, [{"c_crossattn": cond}], [{"c_crossattn": uncond}], x, sigma,
+                                      options or {})
     finally:
         session.close()
         patcher.unpatch_model()
     return u + (c - u) * SCALE, plan, before
 
 
-def reference(model, omega, selected, online, loras=None):
+def reference(model, omega, selected, online, loras=None, options=None):
     x, sigma, cond_ids, neg_ids = _inputs()
     loras = _loras(model) if loras is None else loras
     weak = chain(model.forge_objects_original,
@@ -191,11 +192,11 @@ def reference(model, omega, selected, online, loras=None):
     full = chain(model.forge_objects_original, loras, online)
     weak_ctx = _encode(weak.clip, neg_ids)
     weak.unet.load()
-    u = calc_cond_uncond_batch(weak.unet.model, [], [{"c_crossattn": weak_ctx}], x, sigma, {})[1]
+    u = calc_cond_uncond_batch(weak.unet.model, [], [{"c_crossattn": weak_ctx}], x, sigma, options or {})[1]
     weak.unet.unpatch_model()
     cond = _encode(full.clip, cond_ids)
     full.unet.load()
-    c = calc_cond_uncond_batch(full.unet.model, [{"c_crossattn": cond}], [], x, sigma, {})[0]
+    c = calc_cond_uncond_batch(full.unet.model, [{"c_crossattn": cond}], [], x, sigma, options or {})[0]
     full.unet.unpatch_model()
     return u + (c - u) * SCALE
 
@@ -325,3 +326,37 @@ def test_a_lora_at_strength_zero_is_still_told_apart(monkeypatch):
     out, plan, _ = run_pg(model, 0.5, "second")
     assert plan.networks == ["second"]
     torch.testing.assert_close(out, reference(model, 0.5, {"second"}, False, loras), atol=2e-5, rtol=1e-5)
+
+
+# -- MultiDiffusion tiles (sd_forge_multidiffusion/lib_multidiffusion/tiled_diffusion.py:292-350) ----------
+
+def tiles(size: int, tile_batch: int):
+    """model_function_wrapper of Neo's MultiDiffusion as its contract reads: the latent cut into size x size
+    tiles; per group of `tile_batch` tiles one model call on the tiles concatenated tile-major (each tile
+    keeps all of the call's rows), the conditioning repeated once per tile, the call's transformer_options
+    (marks and all) passed unchanged; the outputs put back and averaged where tiles overlap."""
+    def wrapper(apply_model, args):
+        x, t, c = args["input"], args["timestep"], args["c"]
+        spots = [(i, j) for i in range(0, x.shape[2], size) for j in range(0, x.shape[3], size)]
+        out, count = torch.zeros_like(x), torch.zeros_like(x)
+        for g in range(0, len(spots), tile_batch):
+            group = spots[g:g + tile_batch]
+            x_tile = torch.cat([x[:, :, i:i + size, j:j + size] for i, j in group])
+            c_tile = dict(c, c_crossattn=c["c_crossattn"].repeat(len(group), 1, 1))
+            pieces = apply_model(x_tile, t.repeat(len(group)), **c_tile).chunk(len(group))
+            for (i, j), piece in zip(group, pieces):
+                out[:, :, i:i + size, j:j + size] += piece
+                count[:, :, i:i + size, j:j + size] += 1
+        return out / count
+    return wrapper
+
+
+@pytest.mark.parametrize("tile_batch", [1, 2, 4])
+def test_multidiffusion_tiles_keep_the_weak_rows(monkeypatch, tile_batch):
+    """Issue 17 item 2: with Tile Batch Size > 1 the call is tile-major; chunk-sized guesses picked cond rows."""
+    model = NeoModel()
+    model.apply_loras(_loras(model))
+    _networks(monkeypatch, model)
+    options = {"model_function_wrapper": tiles(4, tile_batch)}
+    out, plan, before = run_pg(model, 0.3, "subject", options=options)
+    torch.testing.assert_close(out, reference(model, 0.3, {"subject"}, False, options=options), atol=2e-5, rtol=1e-5)

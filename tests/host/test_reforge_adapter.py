@@ -302,8 +302,16 @@ def test_patches_the_hosts_loader_did_not_add_stop_pg_with_a_reason(monkeypatch)
 
 
 def test_rows_come_from_the_calls_marks_and_unmarked_calls_count_as_missed():
-    rows = reforge.rows_of_call((torch.zeros(6, 1),), {"transformer_options": {"cond_or_uncond": [0, 1, 0]}})
+    sigmas = {n: torch.full((n,), 3.0) for n in (1, 2)}
+    rows = reforge.rows_of_call((torch.zeros(6, 1),), {"transformer_options": {"cond_or_uncond": [0, 1, 0],
+                                                                               "sigmas": sigmas[2]}})
     assert rows.weak == (2, 3) and rows.n == 6
+    # MultiDiffusion, Tile Batch Size 2: the marked batch of 2 chunks x 1 row, twice, tile-major
+    rows = reforge.rows_of_call((torch.zeros(4, 1),), {"transformer_options": {"cond_or_uncond": [0, 1],
+                                                                               "sigmas": sigmas[1]}})
+    assert rows.weak == (1, 3)
     assert reforge.rows_of_call((torch.zeros(4, 1),), {"transformer_options": {}}) is None
     assert reforge.rows_of_call((torch.zeros(4, 1),), {}) is None
-    assert reforge.rows_of_call((torch.zeros(5, 1),), {"transformer_options": {"cond_or_uncond": [1, 0]}}) is None
+    assert reforge.rows_of_call((torch.zeros(5, 1),), {"transformer_options": {"cond_or_uncond": [1, 0],
+                                                                               "sigmas": sigmas[1]}}) is None
+    assert reforge.rows_of_call((torch.zeros(4, 1),), {"transformer_options": {"cond_or_uncond": [1, 0]}}) is None

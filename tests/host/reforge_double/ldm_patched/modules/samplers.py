@@ -23,6 +23,7 @@ def calc_cond_batch(model, conds, x_in, timestep, model_options):
         marks = [index for _, index in taken]
         options = dict(model_options.get("transformer_options", {}))
         options["cond_or_uncond"] = marks[:]
+        options["sigmas"] = timestep  # samplers.py:324: the step's per-row timestep next to the marks
         rows_x = torch.cat([x_in] * len(taken))
         out = model.apply_model(rows_x, torch.cat([timestep] * len(taken)),
                                 c_crossattn=torch.cat([entry["c_crossattn"] for entry, _ in taken]),
