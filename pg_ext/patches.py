@@ -100,7 +100,8 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
     """Layer -> differences of the selected entries (ids in `selected`) for every patched Linear/Conv2d/norm.
 
     `layer_of(key)` gives (module, parameter name) or None; `base_of(key)` the parameter without any
-    patch. A parameter without a selected entry costs nothing.
+    patch. A parameter without a selected entry costs nothing; one PG cannot correct raises
+    NotImplementedError (the adapter runs the pass as plain CFG and says why).
     """
     if not 0.0 <= omega <= 1.0:
         raise ValueError(f"omega must be in [0, 1], got {omega!r}")
@@ -111,10 +112,7 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
     for key, entries in patches.items():
         if not any(id(e) in selected for e in entries):
             continue
-        found = layer_of(key)
-        if found is None or not is_supported(found[0]) or found[1] not in ("weight", "bias"):
-            continue
-        layer, name = found
+        layer, name = _placed(key, layer_of(key))
         if name == "weight":
             low = _low_rank(layer, entries, selected)
             weights[layer] = low if low is not None else dense_difference(key, entries, selected, omega,
@@ -122,6 +120,18 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
         else:
             biases[layer] = dense_difference(key, entries, selected, omega, base_of(key), merge)
     return {layer: _join(layer, weights.get(layer), biases.get(layer)) for layer in {**weights, **biases}}
+
+
+def _placed(key: str, found: Optional[tuple[nn.Module, str]]) -> tuple[nn.Module, str]:
+    """The (layer, parameter) a selected entry patches; NotImplementedError naming both when PG cannot
+    correct it: skipping it would leave the weak rows a mix of θ' and θ_ω on that layer."""
+    if found is None:
+        raise NotImplementedError(f"{key} is patched by a selected LoRA but is not a parameter PG can find")
+    layer, name = found
+    if not is_supported(layer) or name not in ("weight", "bias"):
+        raise NotImplementedError(f"{key} ({type(layer).__name__}.{name}) is patched by a selected LoRA; "
+                                  "PG cannot correct that layer type yet")
+    return layer, name
 
 
 def _join(layer: nn.Module, weight: Any, bias: Optional[torch.Tensor]) -> list[LayerDelta]:

@@ -360,3 +360,18 @@ def test_multidiffusion_tiles_keep_the_weak_rows(monkeypatch, tile_batch):
     options = {"model_function_wrapper": tiles(4, tile_batch)}
     out, plan, before = run_pg(model, 0.3, "subject", options=options)
     torch.testing.assert_close(out, reference(model, 0.3, {"subject"}, False, options=options), atol=2e-5, rtol=1e-5)
+
+
+def test_a_layer_pg_cannot_correct_stops_pg_with_its_name_not_a_silent_mix(monkeypatch):
+    """Issue 17 item 6: an Embedding (or Conv3d, RMSNorm, a raw parameter) patched by the selected LoRA was
+    skipped, so the weak rows had θ' there and θ_ω elsewhere."""
+    model = NeoModel()
+    weights = _weights(model)
+    subject = patches(model, 11, "lora")
+    subject["embed.weight"] = LoRAAdapter(torch.randn(64, 2) * 0.3, torch.randn(2, 12) * 0.3, 1.0)
+    model.apply_loras([(lora_file("subject"), subject, 1.0)])
+    assert "embed.weight" in model.forge_objects_after_applying_lora.clip.patcher.patches  # the host loads it
+    _networks(monkeypatch, model, ("subject",))
+    with pytest.raises(NotImplementedError, match=r"embed\.weight \(Embedding\.weight\).*cannot correct"):
+        run_pg(model, 0.3)
+    _assert_nothing_left(model, model.forge_objects_after_applying_lora.unet, weights)
