@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .config import LOW_MEMORY_BUDGET
-from .deltas import DenseDelta, LayerDelta, LowRankDelta, is_supported, low_rank_approximation
+from .deltas import DenseDelta, LayerDelta, LowRankDelta, difference_dtype, is_supported, low_rank_approximation
 
 UNET_PREFIX = "model.diffusion_model."
 
@@ -128,7 +128,7 @@ def _difference(unet: nn.Module, loaded: dict, name: str, tensor: torch.Tensor,
     if not is_supported(module):
         raise CheckpointMismatch(f"tensor '{name}' differs but belongs to a {type(module).__name__}, "
                                  "which PG cannot interpolate")
-    return module, param, diff.to(ours.dtype if ours.is_floating_point() else torch.float32)
+    return module, param, diff.to(difference_dtype(ours.dtype))
 
 
 def _layer_delta(params: dict) -> LayerDelta:

@@ -37,6 +37,14 @@ def is_supported(layer: nn.Module) -> bool:
     return isinstance(layer, SUPPORTED_LAYERS) or is_linear(layer)
 
 
+def difference_dtype(storage: torch.dtype) -> torch.dtype:
+    """The dtype to keep a parameter difference in: the weight's own when it is a float of 16 bits or more,
+    else float32. fp8/int8 storage would round a 1e-3-scale difference away (a third of it or all of it)."""
+    if storage.is_floating_point and torch.finfo(storage).bits >= 16:
+        return storage
+    return torch.float32
+
+
 def layer_op(layer: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor],
              bias: Optional[torch.Tensor]) -> torch.Tensor:
     """The layer's own functional op on `x` with the given parameters (any may be None)."""

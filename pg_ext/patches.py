@@ -22,7 +22,7 @@ from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .deltas import DenseDelta, LayerDelta, LowRankDelta, is_linear, is_supported
+from .deltas import DenseDelta, LayerDelta, LowRankDelta, difference_dtype, is_linear, is_supported
 
 Entry = tuple  # (strength_patch, patch, strength_model, offset, function[, online_mode])
 Merge = Callable[[list, torch.Tensor, str], torch.Tensor]  # host merge: (entries, float32 weight copy, key) -> weight
@@ -136,7 +136,7 @@ def _placed(key: str, found: Optional[tuple[nn.Module, str]]) -> tuple[nn.Module
 
 def _join(layer: nn.Module, weight: Any, bias: Optional[torch.Tensor]) -> list[LayerDelta]:
     """One layer's deltas: low-rank parts carry the bias difference, a dense weight takes it along."""
-    dtype = layer.weight.dtype if getattr(layer, "weight", None) is not None else torch.float32
+    dtype = difference_dtype(layer.weight.dtype) if getattr(layer, "weight", None) is not None else torch.float32
     bias = None if bias is None else bias.to(dtype)
     if isinstance(weight, list):
         if bias is not None:

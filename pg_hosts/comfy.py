@@ -59,6 +59,29 @@ def layer_of(root):
     return find
 
 
+QUANTIZED = ("bnb_quantized", "gguf_cls")  # attributes of weights stored quantized (bnb, GGUF)
+
+
+def plain_layer_of(root):
+    """layer_of, refusing weights PG cannot correct: quantized storage, or a per-layer conversion at load
+    (`convert_weight`/`convert_bias`: scaled fp8 and mixed-precision layouts in reForge and Neo), whose
+    stored value is not the weight the layer computes with."""
+    find = layer_of(root)
+
+    def layer(key: str):
+        found = find(key)
+        if found is None:
+            return None
+        module, name = found
+        weight = getattr(module, name, None)
+        scaled = getattr(module, "scale_weight", None) is not None  # reForge's scaled fp8 (ops.py:404-414)
+        if any(hasattr(weight, attr) for attr in QUANTIZED) or hasattr(module, f"convert_{name}") or scaled:
+            raise NotImplementedError(f"{key} is stored quantized or converted at load (bnb/gguf/scaled fp8): "
+                                      "not supported by PG yet")
+        return found
+    return layer
+
+
 # -- ComfyUI's model patcher (reForge, Forge Neo): which entries each LoRA added ---------------------------
 # Both forks' Lora extensions start from `forge_objects_original` and run every LoRA of the prompt, in
 # order, through the host's `load_lora_for_models`, which may clone the UNet and/or the CLIP patcher and

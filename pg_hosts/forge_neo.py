@@ -36,13 +36,12 @@ from __future__ import annotations
 from pg_ext.patches import patch_deltas
 
 from .comfy import (  # noqa: F401 (the adapter's API)
-    backup_base_of, begin_chain_pass, layer_of, loaded_networks, marked_router, selected_entries)
+    backup_base_of, begin_chain_pass, layer_of, loaded_networks, marked_router, plain_layer_of)
 from .reforge import (  # noqa: F401 (same in Neo)
     moves_blocks_per_call, original_param, replacement_unet_active, unet, weak_uncond)
 
 NAME = "forge_neo"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for the forks yet (the script refuses it)
-QUANTIZED = ("bnb_quantized", "gguf_cls")  # attributes of weights Neo stores quantized
 
 
 def scheduling_args() -> tuple:
@@ -50,23 +49,6 @@ def scheduling_args() -> tuple:
     hires_steps) and cached_params(prompts, steps, extra_network_data, hires_steps) end there
     (modules/prompt_parser.py:163, modules/processing.py:412)."""
     return ()
-
-
-def _plain_layer_of(root):
-    """layer_of, refusing weights PG cannot correct: quantized storage or a per-layer weight conversion."""
-    find = layer_of(root)
-
-    def layer(key: str):
-        found = find(key)
-        if found is None:
-            return None
-        module, name = found
-        weight = getattr(module, name, None)
-        if any(hasattr(weight, attr) for attr in QUANTIZED) or hasattr(module, f"convert_{name}"):
-            raise NotImplementedError(f"{key} is stored quantized or converted at load (bnb/gguf/fp8): "
-                                      "not supported by PG yet")
-        return found
-    return layer
 
 
 def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
@@ -77,7 +59,7 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
     def merge(entries, weight, key):
         return merge_lora_to_weight(entries, weight, key, computation_dtype=torch.float32)
 
-    return patch_deltas(patcher.patches, selected, omega, _plain_layer_of(patcher.model), backup_base_of(patcher),
+    return patch_deltas(patcher.patches, selected, omega, plain_layer_of(patcher.model), backup_base_of(patcher),
                         merge)
 
 

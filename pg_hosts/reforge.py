@@ -34,7 +34,7 @@ from __future__ import annotations
 from pg_ext.patches import patch_deltas
 
 from .comfy import (  # noqa: F401 (the adapter's API)
-    UNCOND, backup_base_of, begin_chain_pass, layer_of, loaded_networks, marked_router, rows_of_call, selected_entries)
+    UNCOND, backup_base_of, begin_chain_pass, layer_of, loaded_networks, marked_router, plain_layer_of, rows_of_call)
 
 NAME = "reforge"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for reForge yet (the script refuses it)
@@ -76,7 +76,7 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
     """θ' − θ_ω per layer of the patcher's model, from its entries, merged by the host's own function."""
     from ldm_patched.modules.lora import calculate_weight
 
-    return patch_deltas(patcher.patches, selected, omega, layer_of(patcher.model), backup_base_of(patcher),
+    return patch_deltas(patcher.patches, selected, omega, plain_layer_of(patcher.model), backup_base_of(patcher),
                         merge=calculate_weight)
 
 

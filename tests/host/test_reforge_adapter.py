@@ -315,3 +315,18 @@ def test_rows_come_from_the_calls_marks_and_unmarked_calls_count_as_missed():
     assert reforge.rows_of_call((torch.zeros(5, 1),), {"transformer_options": {"cond_or_uncond": [1, 0],
                                                                                "sigmas": sigmas[1]}}) is None
     assert reforge.rows_of_call((torch.zeros(4, 1),), {"transformer_options": {"cond_or_uncond": [1, 0]}}) is None
+
+@pytest.mark.parametrize("mark", ["scale_weight", "gguf_cls"])
+def test_scaled_fp8_or_quantized_weights_stop_pg_with_a_reason(monkeypatch, mark):
+    """Issue 17 item 3: reForge had no guard; a scaled-fp8 layer's stored weight is not what it computes with."""
+    model = ReforgeModel()
+    model.apply_loras(_loras(model))
+    _networks(monkeypatch, model, "subject", "style")
+    layer = model.unet_module.conv_in
+    if mark == "scale_weight":
+        layer.scale_weight = torch.nn.Parameter(torch.tensor(0.5), requires_grad=False)
+    else:
+        layer.weight.gguf_cls = object()
+    with pytest.raises(NotImplementedError, match="conv_in.weight.*quantized or converted"):
+        run_pg(model, monkeypatch, 0.3, "subject")
+    _assert_nothing_left(model, model.forge_objects_after_applying_lora.unet)
