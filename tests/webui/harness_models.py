@@ -6,6 +6,8 @@ Writes into $HARNESS/webui/models/Lora/ (idempotent):
                              the down weights' rows permuted (a different, deterministic LoRA)
   pg_loha.safetensors        LoHa (hada_w1_a/b = LoRA up/down, hada_w2_a/b = ones): same delta as rand_lora
   pg_full.safetensors        full-diff ('diff' = up @ down * alpha / rank): same delta, dense file
+  pg_unet_only.safetensors   rand_lora's UNet modules only (lora_unet_*): the common SDXL shape
+  pg_te_only.safetensors     rand_lora's text-encoder modules only (lora_te*)
 """
 from __future__ import annotations
 
@@ -52,7 +54,10 @@ def make(directory: str) -> list[str]:
         loha[f"{base}.hada_w2_b"] = torch.ones(1, down2.shape[1], dtype=torch.float16)
         loha[f"{base}.alpha"] = torch.tensor(1.0, dtype=torch.float16) * alpha.float().item()
         full[f"{base}.diff"] = ((up2 @ down2) * (alpha.float().item() / rank)).reshape(shape).half().contiguous()
-    for name, sd in (("pg_other_lora", other), ("pg_loha", loha), ("pg_full", full)):
+    unet_only = {k: v for k, v in src.items() if k.startswith("lora_unet_")}
+    te_only = {k: v for k, v in src.items() if k.startswith("lora_te")}
+    for name, sd in (("pg_other_lora", other), ("pg_loha", loha), ("pg_full", full), ("pg_unet_only", unet_only),
+                     ("pg_te_only", te_only)):
         path = os.path.join(directory, name + ".safetensors")
         if not os.path.exists(path):
             save_file(sd, path, metadata={"ss_network_module": "networks.lora", "pg_test": name})

@@ -46,6 +46,11 @@ CASES = {
     "lora0.6": dict(prompt="a photo of a cat <lora:rand_lora:0.6>", omega=0.3, pg={}, ref={}),
     "second-lora-unselected": dict(prompt="a photo of a cat <lora:rand_lora:1> <lora:pg_other_lora:0.8>", omega=0.5,
                                    pg={"loras": "rand_lora"}, ref={"loras": "rand_lora"}),
+    # issue 17 item 1: Neo's loader clones only the patchers a LoRA has keys for
+    "unet-only-next-to-full": dict(prompt="a photo of a cat <lora:pg_unet_only:1> <lora:pg_other_lora:0.8>", omega=0.0,
+                                   pg={"loras": "pg_unet_only"}, ref={"loras": "pg_unet_only"}),
+    "te-only-next-to-full": dict(prompt="a photo of a cat <lora:pg_te_only:1> <lora:pg_other_lora:0.8>", omega=0.3,
+                                 pg={"loras": "pg_te_only"}, ref={"loras": "pg_te_only"}),
     "batch2-AND-empty": dict(prompt="a photo of a cat <lora:rand_lora:1> AND a red hat :0.7", omega=0.4,
                              pg={"weak_prompt": "empty"}, ref={"weak_prompt": "empty"}, batch_size=2),
 }
