@@ -29,9 +29,32 @@ def _detect_with(tmp_path, packages, files=None):
     return done.stdout.strip()
 
 
+REFORGE_LORA = {"ldm_patched/modules/lora.py": "def load_lora(lora, to_load):\n    pass\n\n\ndef calculate_weight(patches, weight, key):\n    pass\n"}
+CLASSIC_LORA = {"ldm_patched/modules/lora.py": "def load_lora(lora, to_load):\n    pass\n",
+                "ldm_patched/modules/model_patcher.py": "class ModelPatcher:\n    def calculate_weight(self, patches, weight, key):\n        pass\n"}
+
+
+@pytest.mark.parametrize("files, version, host", [
+    (REFORGE_LORA, "1.0.0v2-v1.10.1RC", "reforge"),
+    (CLASSIC_LORA, "classic", "forge_classic"),
+    (CLASSIC_LORA, "0.0.17v1.8.0rc-latest-276-g29be1da7", "forge_1"),
+])
+def test_ldm_patched_hosts_are_told_apart_by_the_merge_pg_needs(tmp_path, files, version, host):
+    """Issue 17 item 4: Forge Classic and Forge 1 were taken for reForge, then PG was off on every pass."""
+    files = {**files, "modules_forge/forge_version.py": f"version = '{version}'\n"}
+    assert _detect_with(tmp_path, ("modules_forge", "ldm_patched"), files) == host
+
+
+@pytest.mark.parametrize("name", ["forge_classic", "forge_1"])
+def test_loading_an_unsupported_host_fails_with_its_name(name):
+    import pg_hosts
+
+    with pytest.raises(pg_hosts.UnsupportedHost, match="does not support Forge (Classic|1)"):
+        pg_hosts.load(name)
+
+
 @pytest.mark.parametrize("packages, host", [
     ((), "a1111"),
-    (("modules_forge", "ldm_patched"), "reforge"),
     (("modules_forge", "backend"), "forge"),
     (("ldm_patched",), "a1111"),  # ldm_patched alone (another program's copy) is not reForge
 ])
@@ -43,7 +66,7 @@ def test_detect_names_the_host_by_its_packages(tmp_path, packages, host):
 @pytest.mark.parametrize("files, host", [
     ({"modules_forge/forge_version.py": 'version = "neo"\nrelease = "2.26"\n', "backend/__init__.py": ""}, "forge_neo"),
     ({"modules_forge/forge_version.py": "version = '2.0.1v1.10.1'\n", "backend/__init__.py": ""}, "forge"),
-    ({"modules_forge/forge_version.py": 'version = "neo"\n', "ldm_patched/__init__.py": ""}, "reforge"),
+    ({"modules_forge/forge_version.py": 'version = "neo"\n', "ldm_patched/__init__.py": "", **REFORGE_LORA}, "reforge"),
 ])
 def test_forge_neo_is_told_from_forge_by_its_version_file(tmp_path, files, host):
     assert _detect_with(tmp_path, (), files) == host
@@ -61,6 +84,8 @@ def test_detection_imports_nothing_of_the_host(tmp_path):
     (tmp_path / "modules_forge" / "__init__.py").write_text("raise SystemExit('imported')")
     (tmp_path / "ldm_patched").mkdir()
     (tmp_path / "ldm_patched" / "__init__.py").write_text("raise SystemExit('imported')")
+    (tmp_path / "ldm_patched" / "modules").mkdir()
+    (tmp_path / "ldm_patched" / "modules" / "lora.py").write_text("raise SystemExit('imported')\ndef calculate_weight(p, w, k):\n    pass\n")
     assert _detect_with(tmp_path, ()) == "reforge"
 
 
