@@ -125,6 +125,7 @@ def _guard_sample(p) -> None:
         finally:
             if session is not None:
                 _note_missed_steps(p, session)
+                _forget_settings_if_pg_never_ran(p, session)
                 session.close()
 
     sample.pg_owner, sample.pg_inner = p, inner
@@ -143,6 +144,16 @@ def _note_missed_steps(p, session: GuidanceSession) -> None:
         outcome = "those steps ran as plain CFG"
     _note(p, f"the weak rows could not be identified in {missed} of {total} guided steps (another extension "
              f"changed the conditioning?): {outcome}")
+
+
+def _forget_settings_if_pg_never_ran(p, session: GuidanceSession) -> None:
+    """Keep only `PG note` in the infotext when no step of the job ran PG: a pasted infotext must not turn
+    on what never ran (the note says why it did not)."""
+    if session.steps_routed or NOTE_KEY not in p.extra_generation_params:
+        return
+    for key in config.INFOTEXT_KEYS:
+        if key != NOTE_KEY:
+            p.extra_generation_params.pop(key, None)
 
 
 def _check_selection(p, session: GuidanceSession | None) -> None:

@@ -121,6 +121,8 @@ def test_9_unidentified_rows_are_reported_as_plain_cfg(runner):
     off, _ = run(runner, prompt=prompt)
     note = pg.infotexts[0].split("PG note: ", 1)[-1]
     assert "PG note: " in pg.infotexts[0] and "plain CFG" in note
+    # issue 17 item 7: PG ran on no step, so its settings are not recorded: a paste must not turn it on
+    assert "PG omega" not in pg.infotexts[0] and "PG LoRAs" not in pg.infotexts[0]
     assert torch.equal(images(pg), images(off))  # what the note says: every step ran as plain CFG
     assert_no_hooks()
 
