@@ -11,7 +11,8 @@ from modules import processing, prompt_parser, script_callbacks, scripts, shared
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.environ.get("PG_SCRIPT") or os.path.join(ROOT, "scripts", "personalization_guidance.py")
 XYZ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "double", "xyz_grid.py")
-FIELDS = ["enabled", "omega", "loras", "weak_prompt", "start", "end", "hires", "base_checkpoint", "base_mode"]
+FIELDS = ["enabled", "omega", "loras", "weak_prompt", "start", "end", "hires", "base_checkpoint", "base_mode", "schedule",
+          "omega_end"]
 sys.path.insert(0, os.path.join(ROOT, "tests", "unit"))
 
 
