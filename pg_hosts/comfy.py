@@ -132,7 +132,7 @@ def begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas:
 def _hook_chain(sd_model, patcher, session, encode_weak, extra_unet_deltas, patcher_deltas):
     loaded = loaded_networks()
     selected = session.select(loaded)
-    omega = session.settings.omega
+    omega = session.settings.omega_schedule.lowest()  # D = (θ' − θ_ω)/(1 − ω) here; each step rescales it
     original, after = sd_model.forge_objects_original, sd_model.forge_objects_after_applying_lora
     unet_deltas = patcher_deltas(patcher, selected_entries(after.unet, original.unet, loaded, selected), omega)
     clip = sd_model.forge_objects.clip

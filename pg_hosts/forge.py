@@ -129,7 +129,7 @@ def begin_pass(p, session, encode_weak, extra_unet_deltas):
 
 def _hook(sd_model, patcher, session, encode_weak, extra_unet_deltas):
     selected = session.select(loaded_networks())
-    omega = session.settings.omega
+    omega = session.settings.omega_schedule.lowest()  # D = (θ' − θ_ω)/(1 − ω) here; each step rescales it
     unet_deltas = patcher_deltas(patcher, selected_entries(patcher, selected), omega)
     clip = sd_model.forge_objects.clip
     text_deltas = {} if clip is None else patcher_deltas(clip.patcher, selected_entries(clip.patcher, selected), omega)
