@@ -29,7 +29,14 @@ from pg_mini.score import Features, load_judge, score  # noqa: E402
 
 SETTINGS = ([Guidance("cfg", s) for s in (1.5, 3.0, 5.0, 8.0)]
             + [Guidance("pg", s, w) for w, s in ((0.0, 1.5), (0.0, 3.0), (0.5, 1.5), (0.5, 3.0), (0.75, 3.0), (0.75, 5.0))]
-            + [Guidance("ag", s, 0.0) for s in (1.5, 3.0)])
+            + [Guidance("ag", s, 0.0) for s in (1.5, 3.0)]
+            # ω over the steps (issue 19): linear ramps falling (subject unlearned as details form) and
+            # rising, and ω = 0 only inside a band of the steps (plain CFG outside), mid, late and early
+            + [Guidance("pg", s, 1.0, omega_end=0.0) for s in (3.0, 5.0)]
+            + [Guidance("pg", s, 0.0, omega_end=1.0) for s in (3.0, 5.0)]
+            + [Guidance("pg", s, 0.0, start=0.25, end=0.75) for s in (3.0, 5.0)]
+            + [Guidance("pg", 3.0, 0.0, start=0.5, end=1.0), Guidance("pg", 3.0, 0.0, start=0.0, end=0.5)])
+METHODS = ("cfg", "pg", "sched", "ag")  # sched: PG whose ω changes over the steps
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 METRICS = ("subject", "sim", "text", "bg_acc", "bg_err", "pos_acc")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +58,9 @@ def measure(model_names, samples: int, steps: int, batch: int = 100) -> list[dic
                 images = sample(model, [data.subject_prompt(b, p) for b, p in chunk], g, seed=lo + 1000, steps=steps)
                 parts.append(score(images, [b for b, _ in chunk], [p for _, p in chunk], judge, features))
             scores = {k: torch.cat([p[k] for p in parts]) for k in METRICS}
-            row = {"model": name, "method": g.kind, "scale": g.scale, "omega": g.omega, "label": g.label}
+            method = "sched" if g.kind == "pg" and g.scheduled else g.kind
+            row = {"model": name, "method": method, "scale": g.scale, "omega": g.omega, "omega_end": g.omega_end,
+                   "start": g.start, "end": g.end, "label": g.label, "seconds": time.time() - start}
             for k, v in scores.items():
                 row[k] = v.mean().item()
                 row[k + "_se"] = v.std().item() / len(v) ** 0.5
@@ -81,24 +90,52 @@ def compare(a: dict, b: dict, key: str) -> str:
 
 
 def report(results: list[dict], key: str = "subject", text: str = "text") -> str:
-    """Frontier table per model and method, with PG-vs-CFG and PG-vs-AG verdicts per text level."""
+    """Frontier table per model and method, with PG-vs-CFG / PG-vs-AG and schedules-vs-PG verdicts per level."""
     lines = []
     for name in dict.fromkeys(r["model"] for r in results):
         rows = [r for r in results if r["model"] == name]
-        fronts = {m: frontier([r for r in rows if r["method"] == m], key, text) for m in ("cfg", "pg", "ag")}
+        fronts = {m: frontier([r for r in rows if r["method"] == m], key, text) for m in METHODS}
         lines.append(f"\n{name}: best {key} at {text} >= level  (mean ± s.e. [setting])")
-        lines.append(f"{'level':<7}{'CFG':<34}{'PG':<34}{'AG':<34}PG vs CFG / AG")
+        lines.append(f"{'level':<7}" + "".join(f"{m.upper():<38}" for m in METHODS) + "PG vs CFG / AG; SCHED vs PG")
         for level in LEVELS:
-            cells, verdict = [], []
-            for m in ("cfg", "pg", "ag"):
+            cells = []
+            for m in METHODS:
                 r = fronts[m].get(level)
                 cells.append(f"{r[key]:.3f}±{r[key + '_se']:.3f} [{r['label']}]" if r else "-")
-            pg = fronts["pg"].get(level)
-            for m in ("cfg", "ag"):
-                other = fronts[m].get(level)
-                verdict.append(compare(pg, other, key) if pg and other else ("only PG" if pg else "no PG" if other else "-"))
-            lines.append(f"{level:<7}" + "".join(f"{c:<34}" for c in cells) + " / ".join(verdict))
+            verdict = [_verdict(fronts["pg"].get(level), fronts[m].get(level), key, "PG") for m in ("cfg", "ag")]
+            sched = _verdict(fronts["sched"].get(level), fronts["pg"].get(level), key, "SCHED")
+            lines.append(f"{level:<7}" + "".join(f"{c:<38}" for c in cells) + " / ".join(verdict) + "; " + sched)
     return "\n".join(lines)
+
+
+def _verdict(a: dict | None, b: dict | None, key: str, a_name: str) -> str:
+    if a and b:
+        return compare(a, b, key)
+    return f"only {a_name}" if a else "none" if b else "-"
+
+
+def schedules_beat_constant(results: list[dict], key: str, text: str) -> dict[str, tuple[bool, str]]:
+    """Issue 19's rule per model: the schedules' frontier is at or above constant-ω PG's at every level PG
+    reaches (difference > −1 s.e. of the difference) and more than 2 s.e. above it at one level at least."""
+    out = {}
+    for name in dict.fromkeys(r["model"] for r in results):
+        rows = [r for r in results if r["model"] == name]
+        pg = frontier([r for r in rows if r["method"] == "pg"], key, text)
+        sched = frontier([r for r in rows if r["method"] == "sched"], key, text)
+        never_below, strictly_above, notes = True, False, []
+        for level, constant in pg.items():
+            best = sched.get(level)
+            if best is None:
+                never_below = False
+                notes.append(f"{level:g}: no schedule")
+                continue
+            diff = best[key] - constant[key]
+            se = (best[key + "_se"] ** 2 + constant[key + "_se"] ** 2) ** 0.5
+            never_below &= diff > -se
+            strictly_above |= diff > 2 * se
+            notes.append(f"{level:g}: {diff:+.3f} ({diff / se:+.1f} s.e.)" if se else f"{level:g}: {diff:+.3f}")
+        out[name] = (never_below and strictly_above, "; ".join(notes))
+    return out
 
 
 def main(argv=None) -> None:
@@ -110,10 +147,19 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=os.path.join(ROOT, "out", "frontier.json"))
     parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "img", "frontier.png"))
     parser.add_argument("--from-json", action="store_true", help="re-print and re-plot saved results")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="join saved results (e.g. one run per model) into --json, then print and plot")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.time()
-    if args.from_json:
+    if args.merge:
+        results = []
+        for path in args.merge:
+            with open(path) as f:
+                results += json.load(f)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    elif args.from_json:
         with open(args.json) as f:
             results = json.load(f)
     else:
@@ -124,8 +170,14 @@ def main(argv=None) -> None:
     for text in ("text", "bg_acc"):
         for key in ("subject", "sim"):
             print(report(results, key, text))
+    print("\nissue 19 rule: schedules >= constant-ω PG (within 1 s.e.) at every level and > 2 s.e. at one")
+    for text in ("bg_acc", "text"):
+        for key in ("subject", "sim"):
+            for name, (ok, notes) in schedules_beat_constant(results, key, text).items():
+                print(f"{name:<6}{key:<8}vs {text:<7} {'MET' if ok else 'not met'}  [{notes}]")
     from plot import plot_frontiers
     plot_frontiers(results, args.plot, "subject", "bg_acc")
+    plot_frontiers(results, args.plot.replace(".png", "_sim.png"), "sim", "bg_acc")
     plot_frontiers(results, args.plot.replace(".png", "_both.png"), "subject", "text")
     print(f"\nwrote {args.json} and {args.plot} in {time.time() - start:.0f}s")
 

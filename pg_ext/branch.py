@@ -39,10 +39,7 @@ class WeakBranch:
 
     def __init__(self, omega: float, deltas: Mapping[nn.Module, Sequence[LayerDelta] | ParamDeltas],
                  exact_weights: bool = False, keep_on_device: bool = True):
-        if not 0.0 <= omega <= 1.0:
-            raise ValueError(f"omega must be in [0, 1], got {omega!r}")
-        self.omega = float(omega)
-        self.keep = 1.0 - self.omega  # share of D removed from the weak rows
+        self.set_omega(omega)
         self.deltas = dict(deltas)
         self.exact_weights = exact_weights
         # lowvram: the host moves each block to the GPU only while it runs; so do we (no device caches)
@@ -52,6 +49,20 @@ class WeakBranch:
         self._stash: dict[int, tuple] = {}
         self._weak_params: dict[int, tuple] = {}
         self._recomputing = False
+
+    def set_omega(self, omega: float) -> None:
+        """ω for the calls from now on (a schedule sets it once per step, host-side).
+
+        The additive path reads `keep` in every call, so any ω costs nothing. The exact-weights path
+        caches W_ω = W' − (1 − ω)·D per layer; W_ω is affine in (1 − ω) with W' and D fixed, so a new ω
+        is exactly `_minus(W', D, 1 − ω)` again: it is formed once, at the first call of a step whose ω
+        differs from the cached one (never for a constant ω, nor for plain-CFG steps, which skip the
+        hooks), an elementwise pass over the affected weights with no matmul added.
+        """
+        if not 0.0 <= omega <= 1.0:
+            raise ValueError(f"omega must be in [0, 1], got {omega!r}")
+        self.omega = float(omega)
+        self.keep = 1.0 - self.omega  # share of D removed from the weak rows
 
     @property
     def mask(self) -> Optional[WeakRows]:
@@ -73,7 +84,7 @@ class WeakBranch:
 
     def attach(self) -> "WeakBranch":
         """Register the hooks (idempotent)."""
-        if self._handles or self.keep == 0.0:
+        if self._handles or self.keep == 0.0:  # built at ω = 1: it never acts (a schedule builds at its lowest ω)
             return self
         for layer, deltas in self.deltas.items():
             if isinstance(deltas, ParamDeltas):
@@ -113,7 +124,9 @@ class WeakBranch:
 
     def _layout(self, x: torch.Tensor) -> Optional[RowLayout]:
         rows = self.rows
-        return None if rows is None else rows.layout(x.shape[0], x.device)
+        if rows is None or self.keep == 0.0:  # a step at ω = 1 is plain CFG: the layer runs untouched
+            return None
+        return rows.layout(x.shape[0], x.device)
 
     # -- additive path ---------------------------------------------------------------------------
 
@@ -177,7 +190,7 @@ class WeakBranch:
         dtype = x.dtype if x.is_floating_point() else layer.weight.dtype
         if isinstance(layer, nn.GroupNorm):
             dtype = torch.float32  # computed in float32, like GroupNorm32
-        key = (x.device, dtype)
+        key = (x.device, dtype, self.keep)
         cached = self._weak_params.get(id(layer))
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -192,7 +205,7 @@ class WeakBranch:
 
     def _recompute_hook(self, module: nn.Module, args: tuple, kwargs: dict, output):
         rows = self.rows
-        if rows is None or self._recomputing:
+        if rows is None or self._recomputing or self.keep == 0.0:
             return None
         if rows.n is not None and len(rows.weak) != rows.n:
             log.warning("PG: %s is corrected only when every row is weak; left as is", type(module).__name__)

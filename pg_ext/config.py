@@ -10,6 +10,8 @@ import json
 import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from .schedule import SCHEDULES, OmegaSchedule
+
 WEAK_PROMPTS = ("negative", "empty")
 BASE_MODES = ("exact", "low-memory")
 
@@ -130,6 +132,13 @@ FIELDS: tuple[Field, ...] = (
           "'exact': the weak rows use θ_ω exactly (memory: the UNet weights that differ, once more); "
           f"'low-memory': a low-rank approximation of θ' − θ in at most {LOW_MEMORY_BUDGET:.0%} of the UNet's "
           "memory, its error logged."),
+    # appended after the fields above: positional API arguments and infotext keys are append-only
+    Field("schedule", "ω schedule", "PG schedule", "constant", _as_choice(SCHEDULES),
+          "'constant': ω at every step; 'linear': ω moves in a straight line from ω (at 'Start at') to "
+          "'ω at the end' (at 'End at'). Plain CFG outside the range either way."),
+    Field("omega_end", "ω at the end", "PG omega end", 0.0, _as_fraction,
+          "Where the 'linear' schedule's ω arrives at 'End at' (ignored by 'constant'); below ω moves "
+          "toward the subject as the details form, above toward the prompt."),
 )
 NOTE_KEY = "PG note"  # one line when PG was asked for but ran as plain CFG, and why
 INFOTEXT_KEYS: tuple[str, ...] = tuple(f.infotext for f in FIELDS if f.infotext) + (NOTE_KEY,)
@@ -150,6 +159,8 @@ class Settings:
     hires: bool = True
     base_checkpoint: str = ""
     base_mode: str = "exact"
+    schedule: str = "constant"
+    omega_end: float = 0.0
 
     def __post_init__(self) -> None:
         if self.start >= self.end:
@@ -179,13 +190,22 @@ class Settings:
             raise SettingsError("args", list(args), f"takes at most {len(FIELDS)} positional values ({', '.join(FIELD_NAMES)})")
         return cls.from_values(dict(zip(FIELD_NAMES, args)), defaults)
 
+    @property
+    def omega_schedule(self) -> OmegaSchedule:
+        """ω per step of these settings (pg_ext.schedule)."""
+        return OmegaSchedule(self.schedule, self.omega, self.omega_end, self.start, self.end)
+
     def active(self) -> bool:
-        """Whether PG changes anything: enabled and ω below 1."""
-        return self.enabled and self.omega < 1.0
+        """Whether PG changes anything: enabled and some step's ω below 1."""
+        return self.enabled and self.omega_schedule.lowest() < 1.0
 
     def in_range(self, fraction_done: float) -> bool:
         """Whether a step at `fraction_done` of the sampling run is inside [start, end]."""
-        return self.start <= fraction_done <= self.end if self.end >= 1.0 else self.start <= fraction_done < self.end
+        return self.omega_schedule.in_range(fraction_done)
+
+    def omega_at(self, fraction_done: float) -> float:
+        """ω of the weak branch at a step beginning at `fraction_done` of the run; 1.0 = plain CFG."""
+        return self.omega_schedule.omega_at(fraction_done)
 
     def infotext(self) -> dict[str, Any]:
         """The infotext keys of these settings (only meaningful when PG ran)."""
@@ -202,6 +222,9 @@ class Settings:
         if self.base_checkpoint:
             out["PG base"] = self.base_checkpoint
             out["PG base mode"] = self.base_mode
+        if self.schedule != "constant":  # nothing new for a constant ω: old infotexts stay as they were
+            out["PG schedule"] = self.schedule
+            out["PG omega end"] = round(self.omega_end, 4)
         return out
 
     @classmethod

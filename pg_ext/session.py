@@ -122,20 +122,33 @@ class GuidanceSession:
         weak_conditioning = None
         if encode_weak is not None and (text_deltas or empty_prompt):
             weak_conditioning = self._encode(encode_weak, text_deltas)
-        branch = WeakBranch(self.settings.omega, unet_deltas, exact_weights, keep_on_device)
+        # built at the schedule's lowest ω so its hooks attach; `step` sets each step's own ω
+        branch = WeakBranch(self.settings.omega_schedule.lowest(), unet_deltas, exact_weights, keep_on_device)
         self.router = router(unet, branch).attach()
         self.plan = PassPlan(list(networks), len(unet_deltas), len(text_deltas), weak_conditioning)
         return self.plan
 
     def _encode(self, encode_weak: Callable[[], Any], text_deltas: Deltas) -> Any:
-        with WeakBranch(self.settings.omega, text_deltas) as branch:
+        # Once per pass, like CFG's own uncond: a schedule's text side uses its ω halfway through the range
+        # (exact for 'constant'; re-encoding per step would cost a text-encoder pass per step).
+        with WeakBranch(self.settings.omega_schedule.middle(), text_deltas) as branch:
             branch.mask = ALL_ROWS
             return encode_weak()
 
-    def step(self, active: bool, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor]) -> None:
-        """Route one CFG step; an inactive step (outside [start, end]) runs as plain CFG."""
-        if self.router is not None:
-            self.router.begin_step(cond if active else None, uncond if active else None)
+    def step(self, active: bool, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor],
+             omega: Optional[float] = None) -> None:
+        """Route one CFG step at `omega` (None: the settings' ω); an inactive step runs as plain CFG.
+
+        The host decides `active` and `omega` once per step from its step counter
+        (`Settings.in_range`, `Settings.omega_at`); a step at ω = 1 is plain CFG.
+        """
+        if self.router is None:
+            return
+        omega = self.settings.omega if omega is None else omega
+        active = active and omega < 1.0
+        if active:
+            self.router.branch.set_omega(omega)
+        self.router.begin_step(cond if active else None, uncond if active else None)
 
     @property
     def unet(self) -> Optional[nn.Module]:

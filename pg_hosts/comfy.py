@@ -225,7 +225,7 @@ def begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas:
     sd_model = p.sd_model
     loaded = loaded_networks()
     selected = session.select(loaded)
-    omega = session.settings.omega
+    omega = session.settings.omega_schedule.lowest()  # D = (θ' − θ_ω)/(1 − ω) here; each step rescales it
     owners = lora_owners(sd_model, load_one)
     chosen = chosen_targets(lora_targets(sd_model), selected)
     original, patcher = sd_model.forge_objects_original, sd_model.forge_objects.unet

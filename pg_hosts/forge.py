@@ -126,7 +126,7 @@ def begin_pass(p, session, encode_weak, extra_unet_deltas):
     session.end_pass()
     sd_model = p.sd_model
     selected = session.select(loaded_networks())
-    omega = session.settings.omega
+    omega = session.settings.omega_schedule.lowest()  # D = (θ' − θ_ω)/(1 − ω) here; each step rescales it
     patcher = sd_model.forge_objects.unet
     unet_deltas = patcher_deltas(patcher, selected_entries(patcher, selected), omega)
     clip = sd_model.forge_objects.clip

@@ -21,6 +21,7 @@ from torch import nn
 from pg_ext.branch import WeakBranch
 from pg_ext.checkpoint import checkpoint_deltas
 from pg_ext.router import UNetRowRouter
+from pg_ext.schedule import OmegaSchedule
 
 from . import data
 from .diffusion import ddim_sample
@@ -45,17 +46,37 @@ class Personalized:
 
 @dataclasses.dataclass(frozen=True)
 class Guidance:
-    """One guidance setting: kind 'cfg' | 'pg' | 'ag', scale s, and ω of the weak/bad weights."""
+    """One guidance setting: kind 'cfg' | 'pg' | 'ag', scale s, ω of the weak/bad weights and its schedule.
+
+    `omega_end` given: ω moves linearly to it over [start, end] (pg_ext.schedule 'linear'); outside
+    [start, end] a step is plain CFG, as in the WebUI.
+    """
 
     kind: str
     scale: float
     omega: float = 1.0
+    omega_end: Optional[float] = None
+    start: float = 0.0
+    end: float = 1.0
+
+    @property
+    def schedule(self) -> OmegaSchedule:
+        if self.omega_end is None:
+            return OmegaSchedule("constant", self.omega, self.omega, self.start, self.end)
+        return OmegaSchedule("linear", self.omega, self.omega_end, self.start, self.end)
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether ω changes over the steps (a ramp or a band of the steps)."""
+        return self.omega_end is not None or (self.start, self.end) != (0.0, 1.0)
 
     @property
     def label(self) -> str:
         if self.kind == "cfg":
             return f"CFG s={self.scale:g}"
-        return f"{self.kind.upper()} w={self.omega:g} s={self.scale:g}"
+        omega = f"{self.omega:g}" if self.omega_end is None else f"{self.omega:g}>{self.omega_end:g}"
+        band = "" if (self.start, self.end) == (0.0, 1.0) else f" [{self.start:g},{self.end:g}]"
+        return f"{self.kind.upper()} w={omega}{band} s={self.scale:g}"
 
 
 def load_personalized(name: str, base: Optional[tuple] = None) -> Personalized:
@@ -80,7 +101,8 @@ def encode(text: TextEncoder, prompts: Sequence[str]) -> torch.Tensor:
 def _router(model: Personalized, g: Guidance) -> Optional[UNetRowRouter]:
     if g.kind == "cfg":
         return None
-    return UNetRowRouter(model.tuned, WeakBranch(g.omega, model.deltas, exact_weights=model.dense))
+    branch = WeakBranch(g.schedule.lowest(), model.deltas, exact_weights=model.dense)
+    return UNetRowRouter(model.tuned, branch)
 
 
 @torch.no_grad()
@@ -93,10 +115,16 @@ def sample(model: Personalized, prompts: Sequence[str], g: Guidance, seed: int =
     context = torch.cat([cond, uncond])
     noise = torch.randn((n, 3, data.SIZE, data.SIZE), generator=torch.Generator().manual_seed(seed))
     router = _router(model, g)
+    schedule, step = g.schedule, iter(range(steps))
 
     def predict_v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if router is not None:
-            router.begin_step(cond, uncond)
+        if router is not None:  # as the WebUI's on_cfg_denoiser: this step's ω from the fraction done
+            omega = schedule.omega_at(next(step) / steps)
+            if omega < 1.0:
+                router.branch.set_omega(omega)
+                router.begin_step(cond, uncond)
+            else:  # plain CFG step: the weak rows are θ' on the weak prompt
+                router.begin_step(None, None)
         out = model.tuned(torch.cat([x, x]), torch.cat([t, t]), context=context)
         v_cond, v_weak = out[:n], out[n:]
         return v_weak + g.scale * (v_cond - v_weak)

@@ -316,6 +316,11 @@ class PersonalizationGuidanceScript(scripts.Script):
                                 elem_id=self.elem_id("end"), tooltip=f["end"].help)
                 hires = gr.Checkbox(value=defaults.hires, label=f["hires"].label, elem_id=self.elem_id("hires"),
                                     tooltip=f["hires"].help)
+            with gr.Row():
+                schedule = gr.Radio(list(config.SCHEDULES), value=defaults.schedule, label=f["schedule"].label,
+                                    elem_id=self.elem_id("schedule"), tooltip=f["schedule"].help)
+                omega_end = gr.Slider(0.0, 1.0, value=defaults.omega_end, step=0.01, label=f["omega_end"].label,
+                                      elem_id=self.elem_id("omega_end"), tooltip=f["omega_end"].help)
             # DreamBooth controls only where the host's adapter supports a base checkpoint (hidden, not
             # removed, elsewhere: the positional arguments and the paste fields stay the same in every host)
             with gr.Row(visible=HOST.SUPPORTS_BASE_CHECKPOINT) as self.base_row:
@@ -330,7 +335,8 @@ class PersonalizationGuidanceScript(scripts.Script):
                                          label=f["base_mode"].label, elem_id=self.elem_id("base_mode"),
                                          tooltip=f["base_mode"].help)
         controls = {"enabled": enabled, "omega": omega, "loras": loras, "weak_prompt": weak_prompt, "start": start,
-                    "end": end, "hires": hires, "base_checkpoint": base, "base_mode": base_mode}
+                    "end": end, "hires": hires, "base_checkpoint": base, "base_mode": base_mode,
+                    "schedule": schedule, "omega_end": omega_end}
         self.infotext_fields = _paste_fields(controls)
         self.paste_field_names = [k for k in config.INFOTEXT_KEYS if k != NOTE_KEY]
         return [controls[name] for name in config.FIELD_NAMES]
@@ -375,7 +381,10 @@ class PersonalizationGuidanceScript(scripts.Script):
         if plan is None:
             _note(p, "no LoRA or base checkpoint to act on: ran as plain CFG")
             return
-        log.info("PG: ω=%.2f on %d UNet layers, %d text-encoder layers (%s)", session.settings.omega,
+        settings = session.settings
+        omega = (f"{settings.omega:.2f}" if settings.schedule == "constant"
+                 else f"{settings.omega:.2f}→{settings.omega_end:.2f} ({settings.schedule})")
+        log.info("PG: ω=%s on %d UNet layers, %d text-encoder layers (%s)", omega,
                  plan.unet_layers, plan.text_layers, ", ".join(plan.networks) or "base checkpoint")
 
     @staticmethod
@@ -460,12 +469,14 @@ def on_cfg_denoiser(params) -> None:
         _note(p, "off after a model switch (refiner) during sampling")
         session.end_pass()
         return
-    active = session.settings.in_range(params.sampling_step / max(params.total_sampling_steps, 1))
+    fraction_done = params.sampling_step / max(params.total_sampling_steps, 1)
+    omega = session.settings.omega_at(fraction_done)  # host-side, once per step: the hooks only read it
+    active = session.settings.in_range(fraction_done) and omega < 1.0
     weak = session.plan.weak_conditioning if session.plan else None
     if weak is not None and active:
         params.text_uncond = HOST.weak_uncond(prompt_parser.reconstruct_cond_batch(weak, params.denoiser.step),
                                               params.text_uncond)
-    session.step(active, _crossattn(params.text_cond), _crossattn(params.text_uncond))
+    session.step(active, _crossattn(params.text_cond), _crossattn(params.text_uncond), omega)
 
 
 def on_model_loaded(sd_model) -> None:
@@ -515,6 +526,8 @@ AXES = (  # (label, API name, value type)
     ("[PG] Weak prompt", "weak_prompt", str),
     ("[PG] LoRAs", "loras", str),
     ("[PG] Base checkpoint", "base_checkpoint", str),
+    ("[PG] ω schedule", "schedule", str),
+    ("[PG] ω at the end", "omega_end", float),
 )
 
 
@@ -524,6 +537,7 @@ def add_xyz_axes() -> None:
     if xyz is None or any(getattr(o, "label", "").startswith("[PG]") for o in xyz.axis_options):
         return
     choices = {"enabled": lambda: ["True", "False"], "weak_prompt": lambda: list(config.WEAK_PROMPTS),
+               "schedule": lambda: list(config.SCHEDULES),
                "base_checkpoint": lambda: ["None"] + sd_models.checkpoint_tiles()}
     for label, name, kind in AXES:
         xyz.axis_options.append(xyz.AxisOption(

@@ -11,7 +11,8 @@ from modules import processing, prompt_parser, script_callbacks, scripts, shared
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.environ.get("PG_SCRIPT") or os.path.join(ROOT, "scripts", "personalization_guidance.py")
 XYZ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "double", "xyz_grid.py")
-FIELDS = ["enabled", "omega", "loras", "weak_prompt", "start", "end", "hires", "base_checkpoint", "base_mode"]
+FIELDS = ["enabled", "omega", "loras", "weak_prompt", "start", "end", "hires", "base_checkpoint", "base_mode", "schedule",
+          "omega_end"]
 sys.path.insert(0, os.path.join(ROOT, "tests", "unit"))
 
 
@@ -71,8 +72,13 @@ def assert_no_hooks():
 class SlowReference:
     """The weak branch recomputed in a second call with the networks at ω × strength (test-only)."""
 
-    def __init__(self, omega, selected=None, weak_prompt="negative"):
-        self.omega, self.selected, self.weak_prompt = omega, selected, weak_prompt
+    def __init__(self, omega, selected=None, weak_prompt="negative", text_omega=None):
+        """`omega`: a number, or a function of the step's fraction done (a schedule; ω = 1: plain CFG step);
+        `text_omega`: ω of the text encoder's weak conditioning (default: the UNet's)."""
+        self.schedule = omega if callable(omega) else (lambda fraction: omega)
+        self.text_omega = text_omega
+        self.selected, self.weak_prompt = selected, weak_prompt
+        self.omega, self.rows = None, None
 
     def __enter__(self):
         script_callbacks.on_cfg_denoiser(self.on_denoiser)
@@ -86,9 +92,10 @@ class SlowReference:
     def with_scale(self, fn, te=False):
         nets = [n for n in networks.loaded_networks if self.selected is None or n.name in self.selected]
         saved = [(n.te_multiplier, n.unet_multiplier) for n in nets]
+        text_omega = self.omega if self.text_omega is None else self.text_omega
         try:
             for n in nets:
-                n.te_multiplier = n.te_multiplier * self.omega if te else n.te_multiplier
+                n.te_multiplier = n.te_multiplier * text_omega if te else n.te_multiplier
                 n.unet_multiplier = n.unet_multiplier * self.omega
             return fn()
         finally:
@@ -96,6 +103,10 @@ class SlowReference:
                 n.te_multiplier, n.unet_multiplier = te_m, unet_m
 
     def on_denoiser(self, params):
+        self.omega = self.schedule(params.sampling_step / max(params.total_sampling_steps, 1))
+        self.rows = None
+        if self.omega >= 1.0:
+            return  # plain CFG step
         p = params.denoiser.p
         prompts = list(p.negative_prompts) if self.weak_prompt == "negative" else [""] * len(p.negative_prompts)
         size = dict(width=p.hr_upscale_to_x, height=p.hr_upscale_to_y) if p.is_hr_pass else dict(width=p.width, height=p.height)
@@ -115,6 +126,8 @@ class SlowReference:
         self.rows = (params.x[-b:].clone(), params.sigma[-b:].clone(), params.image_cond[-b:].clone(), weak)
 
     def on_denoised(self, params):
+        if self.rows is None:
+            return
         x, sigma, image_cond, uncond = self.rows
         cond = {**uncond} if isinstance(uncond, dict) else {"c_crossattn": [uncond]}  # SDXL: crossattn + vector
         out = self.with_scale(lambda: params.inner_model(x, sigma, cond={**cond, "c_concat": [image_cond]}))

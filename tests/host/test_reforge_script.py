@@ -49,17 +49,26 @@ def reforge_host(host, monkeypatch):
     return model, nets, runner
 
 
-def _slow_reference(model, nets, omega, selected):
-    """CFG step whose uncond comes from a chain with the selected LoRAs at ω × strength (second call)."""
+def _slow_reference(model, nets, omega, selected, text_omega=None):
+    """CFG step whose uncond comes from a chain with the selected LoRAs at ω × strength (second call).
+
+    `omega` may be a function of the step's fraction done (a schedule, read as PG reads it: the host's
+    sampling_step / sampling_steps); `text_omega` is then the ω of the weak prompt's encoding."""
+    def chain_at(w):
+        chain = [(nets.available[n.name], 1.0, 1.0) for n in nets.loaded_networks]
+        return [(pt, su * w, sc * w) if n.name in selected else (pt, su, sc)
+                for n, (pt, su, sc) in zip(nets.loaded_networks, chain)]
+
     def step(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
         _, text_cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
-        chain = [(nets.available[n.name], 1.0, 1.0) for n in nets.loaded_networks]
-        weak_chain = [(pt, su * omega, sc * omega) if n.name in selected else (pt, su, sc)
-                      for n, (pt, su, sc) in zip(nets.loaded_networks, chain)]
+        chain = chain_at(1.0)
+        w = omega(shared.state.sampling_step / max(shared.state.sampling_steps, 1)) if callable(omega) else omega
+        weak_chain = chain_at(w)
         s = sigma[:, None, None, None]
         x_in, t = x / (s ** 2 + 1) ** 0.5, sigma * 50
         weak = ReforgeModelView(model, weak_chain)
-        with weak.clip() as clip:
+        text_chain = chain if w == 1.0 else chain_at(w if text_omega is None else text_omega)
+        with ReforgeModelView(model, text_chain).clip() as clip:
             weak_ctx = clip.cond_stage_model(self.p.negative_prompts)
         with weak.unet() as unet:
             uncond_eps = calc_cond_batch(unet.model, [None, [{"c_crossattn": weak_ctx}]], x_in, t, {})[1]
@@ -90,6 +99,24 @@ def test_script_in_reforge_matches_the_slow_reference(reforge_host, monkeypatch,
     want, _ = run(runner, prompt=PROMPT)
     torch.testing.assert_close(images(pg), images(want), atol=1e-4, rtol=1e-4)
     assert (images(pg) - images(off)).abs().max() > 1e-2  # PG changed the image: the comparison can fail
+
+
+def test_linear_schedule_from_plain_cfg_matches_the_slow_reference_at_each_steps_omega(reforge_host, monkeypatch):
+    """ω 1 → 0 over the run: the adapter builds its differences at the lowest ω (at ω = 1 there are none)
+    and each step rescales them; LoHa (style) and LoRA (subject) are both affine in their strength."""
+    from pg_ext.schedule import OmegaSchedule
+
+    model, nets, runner = reforge_host
+    pg, _ = run(runner, {"enabled": True, "omega": 1.0, "schedule": "linear", "omega_end": 0.0}, prompt=PROMPT)
+    off, _ = run(runner, prompt=PROMPT)
+    _assert_clean(model)
+    assert "PG note" not in pg.infotexts[0] and "PG schedule: linear" in pg.infotexts[0]
+    schedule = OmegaSchedule("linear", 1.0, 0.0)
+    monkeypatch.setattr(sd_samplers.CFGDenoiser, "__call__",
+                        _slow_reference(model, nets, schedule.omega_at, {"subject", "style"}, schedule.middle()))
+    want, _ = run(runner, prompt=PROMPT)
+    torch.testing.assert_close(images(pg), images(want), atol=1e-4, rtol=1e-4)
+    assert (images(pg) - images(off)).abs().max() > 1e-2
 
 
 def test_omega_one_is_plain_cfg_bit_for_bit(reforge_host):

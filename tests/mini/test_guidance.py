@@ -71,3 +71,51 @@ def test_sampling_leaves_no_hooks(model):
     sample(model, PROMPTS[:1], Guidance("pg", 3.0, 0.2), steps=2)
     for module in model.tuned.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+@pytest.mark.parametrize("guidance", [
+    Guidance("pg", 3.0, 1.0, omega_end=0.0),            # falling ramp: ω 1, 0.75, 0.5, 0.25
+    Guidance("pg", 3.0, 0.0, omega_end=1.0),            # rising ramp
+    Guidance("pg", 3.0, 0.2, start=0.25, end=0.75),     # ω = 0.2 in a band of the steps, plain CFG outside
+])
+def test_scheduled_pg_equals_a_sampler_that_applies_each_steps_omega(model, guidance):
+    steps, scale = 4, guidance.scale
+    got = sample(model, PROMPTS, guidance, seed=7, steps=steps)
+    cond, uncond = encode(model.text, PROMPTS), encode(model.text, [""]).expand(len(PROMPTS), -1, -1)
+    omegas = [guidance.schedule.omega_at(i / steps) for i in range(steps)]
+    weak_models = {w: weak_model(model, w) for w in set(omegas)}  # ω = 1: θ' itself, i.e. plain CFG
+    step = iter(omegas)
+
+    def predict(x, t):
+        weak = weak_models[next(step)]
+        v_cond, v_weak = model.tuned(x, t, cond), weak(x, t, uncond)
+        return v_weak + scale * (v_cond - v_weak)
+
+    from pg_mini.diffusion import ddim_sample
+    noise = torch.randn((len(PROMPTS), 3, 32, 32), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = ddim_sample(predict, noise, steps)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    constant = sample(model, PROMPTS, Guidance("pg", scale, guidance.omega), seed=7, steps=steps)
+    assert (got - constant).abs().max() > 1e-2  # the schedule changes the image
+
+
+def test_constant_schedule_is_the_loop_before_schedules_bit_for_bit(model):
+    """The sampler as it was before schedules: one WeakBranch at ω, begin_step before every call."""
+    omega, scale, steps = 0.4, 3.0, 3
+    got = sample(model, PROMPTS, Guidance("pg", scale, omega), seed=2, steps=steps)
+    n = len(PROMPTS)
+    cond, uncond = encode(model.text, PROMPTS), encode(model.text, [""]).expand(n, -1, -1)
+    context = torch.cat([cond, uncond])
+    router = UNetRowRouter(model.tuned, WeakBranch(omega, model.deltas, exact_weights=model.dense))
+
+    def predict(x, t):
+        router.begin_step(cond, uncond)
+        out = model.tuned(torch.cat([x, x]), torch.cat([t, t]), context=context)
+        return out[n:] + scale * (out[:n] - out[n:])
+
+    from pg_mini.diffusion import ddim_sample
+    noise = torch.randn((n, 3, 32, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), router:
+        want = ddim_sample(predict, noise, steps)
+    assert torch.equal(got, want)
