@@ -35,15 +35,21 @@ SETTINGS = ([Guidance("cfg", s) for s in (1.5, 3.0, 5.0, 8.0)]
             + [Guidance("pg", s, 1.0, omega_end=0.0) for s in (3.0, 5.0)]
             + [Guidance("pg", s, 0.0, omega_end=1.0) for s in (3.0, 5.0)]
             + [Guidance("pg", s, 0.0, start=0.25, end=0.75) for s in (3.0, 5.0)]
-            + [Guidance("pg", 3.0, 0.0, start=0.5, end=1.0), Guidance("pg", 3.0, 0.0, start=0.0, end=0.5)])
+            + [Guidance("pg", 3.0, 0.0, start=0.5, end=1.0), Guidance("pg", 3.0, 0.0, start=0.0, end=0.5)]
+            # second round, after the first showed the late schedules ahead at s = 3 and 5: the scales between
+            + [Guidance("pg", s, 0.0, start=0.5, end=1.0) for s in (4.0, 5.0)] + [Guidance("pg", 4.0, 1.0, omega_end=0.0)]
+            # third round: constant ω at those scales too, so the schedules do not win by having more settings
+            + [Guidance("pg", s, w) for w, s in ((0.0, 4.0), (0.0, 5.0), (0.5, 5.0))])
 METHODS = ("cfg", "pg", "sched", "ag")  # sched: PG whose ω changes over the steps
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 METRICS = ("subject", "sim", "text", "bg_acc", "bg_err", "pos_acc")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure(model_names, samples: int, steps: int, batch: int = 100) -> list[dict]:
-    """One row per (model, setting): mean and standard error of every metric over `samples` images."""
+def measure(model_names, samples: int, steps: int, batch: int = 100, labels=None) -> list[dict]:
+    """One row per (model, setting): mean and standard error of every metric over `samples` images.
+
+    `labels`: only the settings with these labels (a later round joined with --merge)."""
     base, judge, features = load_base(), load_judge(weights_path("judge")), Features()
     contexts = data.new_contexts()
     contexts = [contexts[i % len(contexts)] for i in range(samples)]
@@ -51,6 +57,8 @@ def measure(model_names, samples: int, steps: int, batch: int = 100) -> list[dic
     for name in model_names:
         model = load_personalized(name, base)
         for g in SETTINGS:
+            if labels and g.label not in labels:
+                continue
             start = time.time()
             parts = []
             for lo in range(0, samples, batch):
@@ -147,6 +155,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=os.path.join(ROOT, "out", "frontier.json"))
     parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "img", "frontier.png"))
     parser.add_argument("--from-json", action="store_true", help="re-print and re-plot saved results")
+    parser.add_argument("--settings", nargs="+", metavar="LABEL", help="only these settings, by label")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="join saved results (e.g. one run per model) into --json, then print and plot")
     args = parser.parse_args(argv)
@@ -163,7 +172,7 @@ def main(argv=None) -> None:
         with open(args.json) as f:
             results = json.load(f)
     else:
-        results = measure(args.models, args.samples, args.steps)
+        results = measure(args.models, args.samples, args.steps, labels=args.settings)
         os.makedirs(os.path.dirname(args.json), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -137,8 +137,8 @@ FIELDS: tuple[Field, ...] = (
           "'constant': ω at every step; 'linear': ω moves in a straight line from ω (at 'Start at') to "
           "'ω at the end' (at 'End at'). Plain CFG outside the range either way."),
     Field("omega_end", "ω at the end", "PG omega end", 0.0, _as_fraction,
-          "Where the 'linear' schedule's ω arrives at 'End at' (ignored by 'constant'); below ω moves "
-          "toward the subject as the details form, above toward the prompt."),
+          "The 'linear' schedule's ω at 'End at' (ignored by 'constant'). Below ω: the weak branch unlearns "
+          "more of the subject as the details form (more subject); above ω: less."),
 )
 NOTE_KEY = "PG note"  # one line when PG was asked for but ran as plain CFG, and why
 INFOTEXT_KEYS: tuple[str, ...] = tuple(f.infotext for f in FIELDS if f.infotext) + (NOTE_KEY,)
