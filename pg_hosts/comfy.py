@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import os
 import sys
 import weakref
@@ -57,6 +58,22 @@ def layer_of(root):
         except AttributeError:
             return None
     return find
+
+
+def low_vram(memory_module: str, sd_model) -> bool:
+    """Whether the host streams the UNet to the device per call (--lowvram/--novram, or a UNet the patcher
+    could load only in part): then PG keeps none of its tensors on the device between calls.
+
+    `memory_module` is the host's memory manager: `vram_state` and `VRAMState` (reForge
+    ldm_patched/modules/model_management.py:30-44,349-352; Forge/Neo backend/memory_management.py, Neo
+    :50-67,343-364); a partial load sets `model_lowvram` on the patcher's model (Neo base.py:196-197).
+    """
+    memory = importlib.import_module(memory_module)
+    states = getattr(memory, "VRAMState", None)
+    streaming = {getattr(states, name, None) for name in ("LOW_VRAM", "NO_VRAM")} - {None}
+    patcher = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
+    partial = bool(getattr(getattr(patcher, "model", None), "model_lowvram", False))
+    return getattr(memory, "vram_state", None) in streaming or partial
 
 
 QUANTIZED = ("bnb_quantized", "gguf_cls")  # attributes of weights stored quantized (bnb, GGUF)
@@ -218,7 +235,8 @@ def backup_base_of(patcher):
     return base
 
 
-def begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas: Callable, load_one: LoadOne):
+def begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas: Callable, load_one: LoadOne,
+                     moves_blocks_per_call: Callable):
     """Hook this pass's UNet with the selected LoRAs' θ' − θ_ω from `patcher_deltas(patcher, entry ids, ω)`
     (the host's merge), the entries told apart by `load_one` (the host's loader); undone when the pass ends."""
     session.end_pass()
@@ -240,4 +258,5 @@ def begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas:
         patcher.model.diffusion_model, merge_deltas(unet_deltas, extra_unet_deltas), text_deltas,
         [getattr(n, "name", "?") for n in selected], encode_weak,
         exact_weights=False,  # low-VRAM and online modules merge per forward: only the additive correction sees θ'
-        empty_prompt=session.settings.weak_prompt == "empty", keep_on_device=True, router=marked_router)
+        empty_prompt=session.settings.weak_prompt == "empty", keep_on_device=not moves_blocks_per_call(sd_model),
+        router=marked_router)

@@ -36,9 +36,9 @@ from pg_ext.deltas import register_linear
 from pg_ext.patches import patch_deltas
 from pg_ext.session import merge_deltas
 
-from .comfy import layer_of, loaded_networks, marked_router
+from .comfy import layer_of, loaded_networks, low_vram, marked_router
 from .reforge import (  # noqa: F401 (same in Forge)
-    moves_blocks_per_call, original_param, replacement_unet_active, scheduling_args, unet)
+    original_param, replacement_unet_active, scheduling_args, unet)
 
 NAME = "forge"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for Forge yet (the script refuses it)
@@ -49,6 +49,11 @@ def _register_layers() -> None:
     from backend.operations import ForgeOperations
 
     register_linear(ForgeOperations.Linear)
+
+
+def moves_blocks_per_call(sd_model) -> bool:
+    """--lowvram/--novram (backend/memory_management.py): the UNet streams per call, PG keeps nothing there."""
+    return low_vram("backend.memory_management", sd_model)
 
 
 def weak_uncond(weak, host_uncond):
@@ -135,5 +140,5 @@ def begin_pass(p, session, encode_weak, extra_unet_deltas):
         patcher.model.diffusion_model, merge_deltas(unet_deltas, extra_unet_deltas), text_deltas,
         [getattr(n, "name", "?") for n in selected], encode_weak,
         exact_weights=False,  # online LoRAs merge per forward: only the additive correction sees θ'
-        empty_prompt=session.settings.weak_prompt == "empty", keep_on_device=True,
+        empty_prompt=session.settings.weak_prompt == "empty", keep_on_device=not moves_blocks_per_call(sd_model),
         router=marked_router)

@@ -36,12 +36,17 @@ from __future__ import annotations
 from pg_ext.patches import patch_deltas
 
 from .comfy import (  # noqa: F401 (the adapter's API)
-    backup_base_of, begin_chain_pass, layer_of, loaded_networks, marked_router, plain_layer_of)
+    backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, plain_layer_of)
 from .reforge import (  # noqa: F401 (same in Neo)
-    moves_blocks_per_call, original_param, replacement_unet_active, unet, weak_uncond)
+    original_param, replacement_unet_active, unet, weak_uncond)
 
 NAME = "forge_neo"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for the forks yet (the script refuses it)
+
+
+def moves_blocks_per_call(sd_model) -> bool:
+    """--lowvram/--novram or a partial load: the UNet streams per call, PG keeps nothing on the device."""
+    return low_vram("backend.memory_management", sd_model)
 
 
 def scheduling_args() -> tuple:
@@ -81,4 +86,5 @@ def load_one(unet, clip, target: tuple) -> tuple:
 
 def begin_pass(p, session, encode_weak, extra_unet_deltas):
     """Hook this pass's UNet with the selected LoRAs' θ' − θ_ω; undone when the pass ends."""
-    return begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas, load_one)
+    return begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas, load_one,
+                            moves_blocks_per_call)

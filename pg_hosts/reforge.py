@@ -34,7 +34,8 @@ from __future__ import annotations
 from pg_ext.patches import patch_deltas
 
 from .comfy import (  # noqa: F401 (the adapter's API)
-    UNCOND, backup_base_of, begin_chain_pass, layer_of, loaded_networks, marked_router, plain_layer_of, rows_of_call)
+    UNCOND, backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, plain_layer_of,
+    rows_of_call)
 
 NAME = "reforge"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for reForge yet (the script refuses it)
@@ -50,7 +51,8 @@ def original_param(module, name: str):
 
 
 def moves_blocks_per_call(sd_model) -> bool:
-    return False  # the patcher's low-VRAM mode merges per forward (LowVramPatch); PG's deltas are small
+    """--lowvram/--novram or a partial load: the UNet streams per call, PG keeps nothing on the device."""
+    return low_vram("ldm_patched.modules.model_management", sd_model)
 
 
 def scheduling_args() -> tuple:
@@ -93,4 +95,5 @@ def load_one(unet, clip, target: tuple) -> tuple:
 
 def begin_pass(p, session, encode_weak, extra_unet_deltas):
     """Hook this pass's UNet with the selected LoRAs' θ' − θ_ω; undone when the pass ends."""
-    return begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas, load_one)
+    return begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas, load_one,
+                            moves_blocks_per_call)

@@ -43,6 +43,7 @@ def _import_neo_double():
     saved = {k: sys.modules.pop(k) for k in list(sys.modules) if _is_backend(k)}
     sys.path.insert(0, NEO_DOUBLE)
     try:
+        import backend.memory_management  # noqa: F401
         import backend.modules.k_model  # noqa: F401
         import backend.operations  # noqa: F401
         import backend.patcher.base  # noqa: F401
@@ -375,3 +376,26 @@ def test_a_layer_pg_cannot_correct_stops_pg_with_its_name_not_a_silent_mix(monke
     with pytest.raises(NotImplementedError, match=r"embed\.weight \(Embedding\.weight\).*cannot correct"):
         run_pg(model, 0.3)
     _assert_nothing_left(model, model.forge_objects_after_applying_lora.unet, weights)
+
+
+@pytest.mark.parametrize("state, partial, kept", [("NORMAL_VRAM", False, True), ("LOW_VRAM", False, False),
+                                                  ("NO_VRAM", False, False), ("NORMAL_VRAM", True, False)])
+def test_low_vram_modes_keep_nothing_on_the_device_between_calls(monkeypatch, state, partial, kept):
+    """Issue 17 item 5: keep_on_device was always on, so LoHa/DoRA/full differences sat on the GPU for the
+    whole pass outside the host's memory accounting, also under --lowvram/--novram or a partial load."""
+    memory = NEO["backend.memory_management"]
+    monkeypatch.setattr(memory, "vram_state", memory.VRAMState[state])
+    model = NeoModel()
+    model.apply_loras(_loras(model))
+    _networks(monkeypatch, model)
+    monkeypatch.setattr(model.forge_objects_original.unet.model, "model_lowvram", partial, raising=False)
+    seen = {}
+    original = GuidanceSession.begin_pass_with
+
+    def spy(self, *args, **kwargs):
+        seen["keep_on_device"] = kwargs["keep_on_device"]
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(GuidanceSession, "begin_pass_with", spy)
+    out, plan, _ = run_pg(model, 0.3)
+    assert seen["keep_on_device"] is kept
+    torch.testing.assert_close(out, reference(model, 0.3, {"subject", "style"}, False), atol=2e-5, rtol=1e-5)
