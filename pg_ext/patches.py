@@ -142,6 +142,5 @@ def _join(layer: nn.Module, weight: Any, bias: Optional[torch.Tensor]) -> list[L
         if bias is not None:
             weight[0] = LowRankDelta(weight[0].down, weight[0].up, weight[0].scale, bias=bias)
         return weight
-    if weight is None and (is_linear(layer) or isinstance(layer, nn.Conv2d)):
-        weight = torch.zeros_like(layer.weight, dtype=torch.float32)  # a bias-only patch: x·0 + Δb
+    # a bias-only patch keeps no weight: its correction is Δb alone (`DenseDelta.contribution`)
     return [DenseDelta(None if weight is None else weight.to(dtype), bias)]
