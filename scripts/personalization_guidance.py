@@ -23,6 +23,7 @@ from pg_ext import config
 from pg_ext.checkpoint import (CheckpointMismatch, DeltaCache, checkpoint_deltas, exact_mode_shortfall,
                                read_unet_tensors)
 from pg_ext.config import FIELD_BY_NAME, NOTE_KEY, OVERRIDES_ATTR, Settings, SettingsError
+from pg_ext.patches import DENSE_DIFFERENCES
 from pg_ext.session import GuidanceSession
 import pg_hosts
 
@@ -390,8 +391,11 @@ class PersonalizationGuidanceScript(scripts.Script):
     @staticmethod
     def _begin_pass(p, session: GuidanceSession):
         session.prepared[PASS_CHECKPOINT] = _checkpoint_file(shared.sd_model)
-        return HOST.begin_pass(p, session, encode_weak=lambda: _encode_weak(p, session.settings),
-                               extra_unet_deltas=_job_base_deltas(session))
+        try:
+            return HOST.begin_pass(p, session, encode_weak=lambda: _encode_weak(p, session.settings),
+                                   extra_unet_deltas=_job_base_deltas(session))
+        finally:
+            DENSE_DIFFERENCES.end_round()  # the forks' dense LoRA differences this pass did not use are dropped
 
     def postprocess(self, p, processed, *args):
         _release(p)
@@ -482,6 +486,7 @@ def on_cfg_denoiser(params) -> None:
 def on_model_loaded(sd_model) -> None:
     BASE_CACHE.clear()
     WEAK_CACHE.clear()
+    DENSE_DIFFERENCES.clear()
 
 
 # -- X/Y/Z plot -------------------------------------------------------------------------------------
@@ -578,6 +583,7 @@ def on_ui_settings() -> None:
 def on_script_unloaded() -> None:
     BASE_CACHE.clear()
     WEAK_CACHE.clear()
+    DENSE_DIFFERENCES.clear()
 
 
 script_callbacks.on_cfg_denoiser(on_cfg_denoiser)

@@ -169,3 +169,21 @@ def test_bad_input_is_a_422_naming_the_field_and_the_next_off_image_is_unchanged
     _assert_clean(model)
     again, _ = run(runner, prompt=PROMPT)
     assert torch.equal(images(off), images(again))
+
+
+def test_dense_differences_are_merged_once_for_a_hires_pass_and_the_next_job(reforge_host, monkeypatch):
+    """'style' is a LoHa: its θ' and θ_ω come from the host's merge (issue 17 item 7), once per key and ω."""
+    import pg_ext.patches as patches
+
+    model, nets, runner = reforge_host
+    merged = []
+    original = patches.dense_difference
+    monkeypatch.setattr(patches, "dense_difference", lambda key, *a: merged.append(key) or original(key, *a))
+    pg, _ = run(runner, {"enabled": True, "omega": 0.3, "loras": "style"}, prompt=PROMPT, enable_hr=True)
+    first = len(merged)
+    assert first and len(set(merged)) == first  # each key once, though the job has two passes
+    again, _ = run(runner, {"enabled": True, "omega": 0.3, "loras": "style"}, prompt=PROMPT, enable_hr=True)
+    assert len(merged) == first and torch.equal(images(pg), images(again))
+    run(runner, {"enabled": True, "omega": 0.2, "loras": "style"}, prompt=PROMPT)
+    assert len(merged) == 2 * first  # another ω: merged anew
+    _assert_clean(model)
