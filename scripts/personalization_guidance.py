@@ -38,6 +38,7 @@ TITLE = "Personalization Guidance"
 SESSION_ATTR = "pg_session"
 PASS_CHECKPOINT = "checkpoint of the hooked pass"  # key in the session's prepared state
 ERROR_ATTR = "pg_error"  # an input error found in `process`, raised when sampling starts
+REFUSED = "input error of a pass"  # key in the session's prepared state: see _refuse_pass
 BASE_CACHE = DeltaCache(size=1)
 WEAK_CACHE: dict = {}  # is_hr_pass -> (key, weak conditioning) of the last such pass, see _encode_weak
 HOST = pg_hosts.load(pg_hosts.detect())  # the running host's adapter, found once
@@ -122,7 +123,14 @@ def _guard_sample(p) -> None:
         session = getattr(p, SESSION_ATTR, None)
         try:
             _check_selection(p, session)
-            return inner(*args, **kwargs)
+            try:
+                result = inner(*args, **kwargs)
+            except RefusedPass as refused:
+                raise request_error(p, refused.error) from None
+            refused = session.prepared.get(REFUSED) if session is not None else None
+            if refused is not None:  # a refused pass that never called the UNet
+                raise request_error(p, refused)
+            return result
         finally:
             if session is not None:
                 _note_missed_steps(p, session)
@@ -131,6 +139,32 @@ def _guard_sample(p) -> None:
 
     sample.pg_owner, sample.pg_inner = p, inner
     p.sample = sample
+
+
+class RefusedPass(Exception):
+    """An input error found when a pass began, carried out of the host's sampling to the `p.sample` wrapper."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _refuse_pass(p, session: GuidanceSession, error: Exception) -> None:
+    """Stop the job at this pass's first UNet call with `error` (the caller's 4xx, as in `_check_selection`).
+
+    An input error can first show when a pass begins (the hires prompt loads other LoRAs than the first
+    pass's), inside `process_before_every_sampling`, whose exceptions every host reports and swallows.
+    A UNet pre-hook is the first place on the sampling path whose exceptions reach the caller; it is
+    removed when the pass ends, and no weight was changed.
+    """
+    session.prepared[REFUSED] = error
+
+    def refuse(module, args):
+        raise RefusedPass(error)
+
+    handle = HOST.unet(shared.sd_model).register_forward_pre_hook(refuse)
+    session.undo_at_end_of_pass(handle.remove)
+    log.error("%s", error)
 
 
 def _note_missed_steps(p, session: GuidanceSession) -> None:
@@ -375,7 +409,11 @@ class PersonalizationGuidanceScript(scripts.Script):
             return
         try:
             plan = self._begin_pass(p, session)
-        except Exception as e:  # the runner would swallow it anyway: say so in the infotext
+        except (SettingsError, CheckpointMismatch) as e:  # the user's input: a 4xx in every host, not a note
+            session.end_pass()
+            _refuse_pass(p, session, e)
+            return
+        except Exception as e:  # PG's limitation (a layer type, a quantized weight): plain CFG, said in the infotext
             session.end_pass()
             _note(p, f"off for this pass: {e}")
             return
