@@ -173,10 +173,14 @@ def _note_missed_steps(p, session: GuidanceSession) -> None:
     if not missed:
         return
     total = missed + session.steps_routed
-    if session.plan is not None and session.plan.weak_conditioning is not None:
-        outcome = "their uncond rows had the weak prompt's θ_ω encoding but the personalized UNet, neither PG nor plain CFG"
-    else:
+    mixed = session.steps_mixed
+    mixed_outcome = "their uncond rows had the weak prompt's encoding but the personalized UNet, neither PG nor plain CFG"
+    if not mixed:
         outcome = "those steps ran as plain CFG"
+    elif mixed == missed:
+        outcome = mixed_outcome
+    else:
+        outcome = f"{missed - mixed} of them ran as plain CFG; in {mixed} {mixed_outcome}"
     _note(p, f"the weak rows could not be identified in {missed} of {total} guided steps (another extension "
              f"changed the conditioning?): {outcome}")
 
@@ -318,6 +322,11 @@ def _note(p, text: str) -> None:
 
 def _crossattn(cond):
     return cond.get("crossattn") if isinstance(cond, dict) else cond
+
+
+def _vector(cond):
+    """sgm's pooled conditioning (SDXL's `y`), None for a plain tensor conditioning."""
+    return cond.get("vector") if isinstance(cond, dict) else None
 
 
 # -- the script -------------------------------------------------------------------------------------
@@ -515,10 +524,16 @@ def on_cfg_denoiser(params) -> None:
     omega = session.settings.omega_at(fraction_done)  # host-side, once per step: the hooks only read it
     active = session.settings.in_range(fraction_done) and omega < 1.0
     weak = session.plan.weak_conditioning if session.plan else None
+    weak_uncond, uncond_is_weak = None, False
     if weak is not None and active:
-        params.text_uncond = HOST.weak_uncond(prompt_parser.reconstruct_cond_batch(weak, params.denoiser.step),
-                                              params.text_uncond)
-    session.step(active, _crossattn(params.text_cond), _crossattn(params.text_uncond), omega)
+        weak_uncond = HOST.weak_uncond(prompt_parser.reconstruct_cond_batch(weak, params.denoiser.step),
+                                       params.text_uncond)
+        if not session.places_weak_conditioning(_crossattn(weak_uncond), _crossattn(params.text_uncond)):
+            # rows marked by the host (forks), or token counts the host would batch differently (the empty
+            # weak prompt next to a long negative one): the host runs the weak conditioning as its uncond
+            params.text_uncond, weak_uncond, uncond_is_weak = weak_uncond, None, True
+    session.step(active, _crossattn(params.text_cond), _crossattn(params.text_uncond), omega,
+                 weak_context=_crossattn(weak_uncond), weak_y=_vector(weak_uncond), uncond_is_weak=uncond_is_weak)
 
 
 def on_model_loaded(sd_model) -> None:
