@@ -89,7 +89,8 @@ class WeakBranch:
         for layer, deltas in self.deltas.items():
             if isinstance(deltas, ParamDeltas):
                 self._handles.append(layer.register_forward_hook(self._recompute_hook, with_kwargs=True))
-            elif self.exact_weights and any(isinstance(d, DenseDelta) for d in deltas):
+            elif self.exact_weights and any(isinstance(d, DenseDelta) and d.weight is not None for d in deltas):
+                # a bias-only difference stays additive: one add on the weak rows beats splitting the layer
                 self._handles.append(layer.register_forward_pre_hook(self._split_pre_hook))
                 self._handles.append(layer.register_forward_hook(self._split_hook))
             else:
@@ -141,6 +142,9 @@ class WeakBranch:
         for delta in more:  # not sum(): its 0 + tensor would be one more op per layer and call
             correction = correction + delta.contribution(layer, x, self.keep_on_device)
         correction = correction.to(output.dtype)
+        rows_shape = (at.count,) + tuple(output.shape[1:])
+        if correction.shape != rows_shape:  # a bias-only difference comes as Δb broadcast over the rows
+            correction = correction.expand(rows_shape)
         if output.requires_grad and torch.is_grad_enabled():
             index = at.weak if not at.is_block else torch.arange(at.first, at.first + at.count, device=output.device)
             return output.index_add(0, index, correction, alpha=-self.keep)

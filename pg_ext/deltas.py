@@ -62,6 +62,16 @@ def layer_op(layer: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor],
     raise TypeError(f"unsupported layer type {type(layer).__name__}")
 
 
+def bias_change(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Δb of `layer` shaped to broadcast over its output on `x`: every supported layer adds its bias per
+    output channel (dim 1 of a Conv2d/GroupNorm output, the trailing dims of a Linear/LayerNorm output)."""
+    if isinstance(layer, (nn.Conv2d, nn.GroupNorm)):
+        return bias.reshape((-1,) + (1,) * (x.dim() - 2))
+    if is_linear(layer) or isinstance(layer, nn.LayerNorm):
+        return bias
+    raise TypeError(f"unsupported layer type {type(layer).__name__}")
+
+
 # On CPU a convolution over a few pixels is bound by reading its weight, and for one row PyTorch picks
 # a slow path for it (measured on SD1.5's 1280/2560-channel 3x3 convs at 4x4 and 8x8: 1.3-1.5x the time
 # of the batched call; unfold + one matrix product: 1.05-1.1x). Below this many output pixels the weak
@@ -122,11 +132,14 @@ class DenseDelta:
     _placed: _Placed = dataclasses.field(default_factory=lambda: _Placed(), repr=False, compare=False)
 
     def contribution(self, layer: nn.Module, x: torch.Tensor, keep: bool = True) -> torch.Tensor:
-        """Output change of `layer` on `x` when this difference is added to its parameters."""
+        """Output change of `layer` on `x` when this difference is added to its parameters.
+
+        With only the bias changed the change is Δb on the layer's channel dimension, returned unexpanded
+        (broadcastable to the output, not of its shape): one add on the weak rows instead of the layer's op.
+        """
         weight, bias = self._placed.get((self.weight, self.bias), x, keep)
-        if isinstance(layer, (nn.GroupNorm, nn.LayerNorm)) and weight is None:
-            # Only the bias moved: normalised(x)·0 + Δb; group_norm without a weight would mean 1, not 0.
-            weight = torch.zeros_like(bias)
+        if weight is None:
+            return bias_change(layer, x, bias)
         return layer_op(layer, x, weight, bias)
 
     def dense(self) -> "DenseDelta":

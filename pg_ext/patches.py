@@ -17,6 +17,7 @@ the layer of a key and its original weight are handed in by the adapter.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 import torch
@@ -94,14 +95,66 @@ def dense_difference(key: str, entries: Sequence[Entry], selected: Collection[in
     return (full.float() - weak.float()) / (1.0 - omega)
 
 
+class DenseDifferences:
+    """Dense differences D by parameter key, kept between passes and jobs: merging θ' and θ_ω with the host's
+    function is the costly part of a pass (two full merges per key), and a hires pass or the next job with
+    the same LoRAs and ω needs the same D.
+
+    A record is reused only for the very same entries (identity: the host builds new ones when the prompt's
+    LoRAs change, and its patcher clones share them), the same selection, ω and layer. Not compared: the base
+    tensor (the host may copy its backup anew for every pass; the values of a layer's base change only when
+    a checkpoint loads, and the script clears this cache then) and the merge function (the one host's of
+    this process; the adapters wrap it in a new closure per pass). The records hold their entries, so no id is reused while cached. One
+    pass's preparation is a round (`end_round`): records that round did not use are dropped, so what stays
+    between jobs is what the last pass used; the script clears everything when a model loads.
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, tuple] = {}
+        self._used: set[str] = set()
+
+    def get(self, key: str, entries: Sequence[Entry], selected: Collection[int], omega: float,
+            layer: nn.Module, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        entries = tuple(entries)
+        flags = tuple(id(e) in selected for e in entries)
+        record = self._records.get(key)
+        self._used.add(key)
+        if record is not None:
+            kept_entries, kept_flags, kept_omega, layer_ref, difference = record
+            if (len(kept_entries) == len(entries) and all(a is b for a, b in zip(kept_entries, entries))
+                    and kept_flags == flags and kept_omega == omega and layer_ref() is layer):
+                return difference
+        difference = build()
+        self._records[key] = (entries, flags, omega, weakref.ref(layer), difference)
+        return difference
+
+    def end_round(self) -> None:
+        """End of one pass's preparation: forget what it did not use (a LoRA no longer in the prompt)."""
+        for key in set(self._records) - self._used:
+            del self._records[key]
+        self._used.clear()
+
+    def clear(self) -> None:
+        self._records.clear()
+        self._used.clear()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+DENSE_DIFFERENCES = DenseDifferences()  # one per process, like the host's own merged weights
+
+
 def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[int], omega: float,
                  layer_of: Callable[[str], Optional[tuple[nn.Module, str]]],
-                 base_of: Callable[[str], torch.Tensor], merge: Merge) -> dict[nn.Module, list[LayerDelta]]:
+                 base_of: Callable[[str], torch.Tensor], merge: Merge,
+                 cache: DenseDifferences = DENSE_DIFFERENCES) -> dict[nn.Module, list[LayerDelta]]:
     """Layer -> differences of the selected entries (ids in `selected`) for every patched Linear/Conv2d/norm.
 
     `layer_of(key)` gives (module, parameter name) or None; `base_of(key)` the parameter without any
     patch. A parameter without a selected entry costs nothing; one PG cannot correct raises
-    NotImplementedError (the adapter runs the pass as plain CFG and says why).
+    NotImplementedError (the adapter runs the pass as plain CFG and says why). Dense differences come
+    from `cache` when it holds them for the same entries and ω.
     """
     if not 0.0 <= omega <= 1.0:
         raise ValueError(f"omega must be in [0, 1], got {omega!r}")
@@ -113,12 +166,14 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
         if not any(id(e) in selected for e in entries):
             continue
         layer, name = _placed(key, layer_of(key))
-        if name == "weight":
-            low = _low_rank(layer, entries, selected)
-            weights[layer] = low if low is not None else dense_difference(key, entries, selected, omega,
-                                                                          base_of(key), merge)
-        else:
-            biases[layer] = dense_difference(key, entries, selected, omega, base_of(key), merge)
+        low = _low_rank(layer, entries, selected) if name == "weight" else None
+        if low is not None:
+            weights[layer] = low
+            continue
+        dtype = _difference_dtype_of(layer)
+        difference = cache.get(key, entries, selected, omega, layer,
+                               lambda: dense_difference(key, entries, selected, omega, base_of(key), merge).to(dtype))
+        (weights if name == "weight" else biases)[layer] = difference
     return {layer: _join(layer, weights.get(layer), biases.get(layer)) for layer in {**weights, **biases}}
 
 
@@ -134,14 +189,19 @@ def _placed(key: str, found: Optional[tuple[nn.Module, str]]) -> tuple[nn.Module
     return layer, name
 
 
+def _difference_dtype_of(layer: nn.Module) -> torch.dtype:
+    """What a layer's differences are kept in (its weight's dtype, widened below 16 bits): one dtype per layer."""
+    weight = getattr(layer, "weight", None)
+    return difference_dtype(weight.dtype) if weight is not None else torch.float32
+
+
 def _join(layer: nn.Module, weight: Any, bias: Optional[torch.Tensor]) -> list[LayerDelta]:
     """One layer's deltas: low-rank parts carry the bias difference, a dense weight takes it along."""
-    dtype = difference_dtype(layer.weight.dtype) if getattr(layer, "weight", None) is not None else torch.float32
+    dtype = _difference_dtype_of(layer)
     bias = None if bias is None else bias.to(dtype)
     if isinstance(weight, list):
         if bias is not None:
             weight[0] = LowRankDelta(weight[0].down, weight[0].up, weight[0].scale, bias=bias)
         return weight
-    if weight is None and (is_linear(layer) or isinstance(layer, nn.Conv2d)):
-        weight = torch.zeros_like(layer.weight, dtype=torch.float32)  # a bias-only patch: x·0 + Δb
+    # a bias-only patch keeps no weight: its correction is Δb alone (`DenseDelta.contribution`)
     return [DenseDelta(None if weight is None else weight.to(dtype), bias)]

@@ -25,6 +25,13 @@ def context_argument(args: tuple, kwargs: dict) -> Optional[torch.Tensor]:
     return context if isinstance(context, torch.Tensor) else None
 
 
+def _replaced(args: tuple, kwargs: dict, name: str, position: int, value: torch.Tensor) -> tuple[tuple, dict]:
+    """The call's arguments with argument `name` (positional index `position`) set to `value`."""
+    if name in kwargs or len(args) <= position:
+        return args, {**kwargs, name: value}
+    return args[:position] + (value,) + args[position + 1:], kwargs
+
+
 def _batch_rows(args: tuple, kwargs: dict) -> int:
     x = args[0] if args else kwargs.get("x")
     return x.shape[0] if isinstance(x, torch.Tensor) and x.dim() > 0 else 0
@@ -34,7 +41,13 @@ class UNetRowRouter:
     """Owns the UNet-level hooks of one sampling run; `begin_step` is called once per CFG step.
 
     Counts the active steps: `steps_routed` found weak rows in their calls; `steps_missed` ran uncond
-    rows through the UNet (more rows than the step's cond rows) but none of them could be identified.
+    rows through the UNet (more rows than the step's cond rows) but none of them could be identified;
+    `steps_mixed` are the missed steps whose uncond the host had already replaced by the weak conditioning
+    (`begin_step(uncond_is_weak=True)`): their uncond rows ran θ' on θ_ω's text, neither PG nor CFG.
+
+    The weak conditioning (a text encoder at θ_ω, or the empty prompt) is put into the weak rows of each
+    call by the pre-hook, once they are identified (`begin_step(weak_context=...)`), so a step whose rows
+    cannot be identified is plain CFG through and through.
     """
 
     def __init__(self, unet: nn.Module, branch: WeakBranch,
@@ -43,6 +56,10 @@ class UNetRowRouter:
         self.step: Optional[StepRows] = None
         self.steps_routed = 0
         self.steps_missed = 0
+        self.steps_mixed = 0
+        self._uncond_is_weak = False
+        self._weak_context: Optional[torch.Tensor] = None
+        self._weak_y: Optional[torch.Tensor] = None
         self._rows_in_step = 0  # rows of the current step through UNet calls
         self._weak_in_step = 0  # of those, identified as weak
         self._handles: list = []
@@ -69,10 +86,24 @@ class UNetRowRouter:
     def __exit__(self, *exc) -> None:
         self.detach()
 
-    def begin_step(self, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor]) -> None:
-        """Start a CFG step with its cond [R, T, D] and uncond [B, T', D] rows; None = plain CFG step."""
+    def begin_step(self, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor],
+                   weak_context: Optional[torch.Tensor] = None, weak_y: Optional[torch.Tensor] = None,
+                   uncond_is_weak: bool = False) -> None:
+        """Start a CFG step with its cond [R, T, D] and uncond [B, T', D] rows; None = plain CFG step.
+
+        `weak_context` [B, T', D] (and `weak_y` [B, V], sgm's pooled vector) replace the conditioning of
+        the weak rows found in each call, row by row from the uncond row each one equals (`can_place`
+        says when they fit). `uncond_is_weak`: the host's uncond is already the weak conditioning.
+        """
         self._end_step()
         self.step = None if cond is None or uncond is None else StepRows(cond, uncond)
+        self._weak_context, self._weak_y = (weak_context, weak_y) if self.step is not None else (None, None)
+        self._uncond_is_weak = uncond_is_weak
+
+    def can_place(self, weak_context: torch.Tensor, uncond: torch.Tensor) -> bool:
+        """Whether `begin_step` can put `weak_context` into the weak rows: one row per uncond row, as many
+        tokens (the host then pads or splits the call as it does for its own uncond)."""
+        return tuple(weak_context.shape) == tuple(uncond.shape)
 
     def pending(self) -> tuple[int, int]:
         """(routed, missed) of the step in progress so far: (0, 0) when it is inactive or had no uncond rows."""
@@ -83,24 +114,50 @@ class UNetRowRouter:
             return 1, 0
         return (0, 1) if self._rows_in_step > step.cond.shape[0] else (0, 0)
 
+    def pending_mixed(self) -> int:
+        """Of `pending()`'s missed step, 1 when the host's uncond was already the weak conditioning."""
+        return self.pending()[1] if self._uncond_is_weak else 0
+
     def _end_step(self) -> None:
+        self.steps_mixed += self.pending_mixed()
         routed, missed = self.pending()
         self.steps_routed += routed
         self.steps_missed += missed
         self.step = None
         self._rows_in_step = self._weak_in_step = 0
+        self._weak_context = self._weak_y = None
+        self._uncond_is_weak = False
 
     def _before_call(self, module: nn.Module, args: tuple, kwargs: dict):
-        rows = None
+        rows, replaced = None, None
         if self.step is not None:
             self._rows_in_step += _batch_rows(args, kwargs)
             context = self.context_of(args, kwargs)
             if context is not None:
-                found = WeakRows.from_mask(self.step.weak_rows(context))
+                mask, source = self.step.weak_rows_and_sources(context)
+                found = WeakRows.from_mask(mask)
                 self._weak_in_step += found.count or 0
                 rows = found if found.count else None
+                if rows is not None and self._weak_context is not None:
+                    replaced = self._with_weak_conditioning(args, kwargs, context, mask, source)
         self.branch.rows = rows
-        return None
+        return replaced
+
+    def _with_weak_conditioning(self, args: tuple, kwargs: dict, context: torch.Tensor, mask: torch.Tensor,
+                                source: torch.Tensor) -> tuple[tuple, dict]:
+        """The call's arguments with the weak rows' `context` (its first T' tokens: beyond them is the host's
+        padding) and `y` taken from the weak conditioning of the uncond row each equals. Device ops only."""
+        weak = self._weak_context
+        tokens = min(weak.shape[1], context.shape[1])
+        rows = weak[:, :tokens].to(device=context.device, dtype=context.dtype).index_select(0, source)
+        placed = context.clone()
+        placed[:, :tokens] = torch.where(mask[:, None, None], rows, context[:, :tokens])
+        args, kwargs = _replaced(args, kwargs, "context", 2, placed)
+        y = kwargs.get("y", args[3] if len(args) > 3 else None)
+        if self._weak_y is not None and isinstance(y, torch.Tensor):
+            weak_y = self._weak_y.to(device=y.device, dtype=y.dtype).index_select(0, source)
+            args, kwargs = _replaced(args, kwargs, "y", 3, torch.where(mask[:, None], weak_y, y))
+        return args, kwargs
 
     def _after_call(self, module: nn.Module, args: tuple, output):
         self.branch.rows = None
@@ -122,10 +179,20 @@ class MarkedRowRouter(UNetRowRouter):
         self._active = False
         self._unmarked_in_step = 0
 
-    def begin_step(self, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor]) -> None:
-        """Start a CFG step; it is active when both branches are given (as `UNetRowRouter.begin_step`)."""
+    def begin_step(self, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor],
+                   weak_context: Optional[torch.Tensor] = None, weak_y: Optional[torch.Tensor] = None,
+                   uncond_is_weak: bool = False) -> None:
+        """Start a CFG step; it is active when both branches are given (as `UNetRowRouter.begin_step`).
+
+        The host's marks find the rows whatever their conditioning, so the weak conditioning goes into the
+        host's uncond before the step (`can_place` is False) and `weak_context` is never given here.
+        """
         self._end_step()
         self._active = cond is not None and uncond is not None
+        self._uncond_is_weak = uncond_is_weak
+
+    def can_place(self, weak_context: torch.Tensor, uncond: torch.Tensor) -> bool:
+        return False
 
     def pending(self) -> tuple[int, int]:
         if not self._active:

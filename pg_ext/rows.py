@@ -19,18 +19,23 @@ from typing import Optional, Sequence
 import torch
 
 
-def _matches(context: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
-    """[n] bool: row i of `context` [n, T, D] equals some row of `refs` [m, T', D] on their common tokens.
+def _match_table(context: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
+    """[n, m] bool: row i of `context` [n, T, D] equals row j of `refs` [m, T', D] on their common tokens.
 
     Comparing the common prefix covers the host's padding (uncond padded with empty-prompt chunks or
     truncated to the cond length).
     """
     if refs.shape[0] == 0 or context.shape[0] == 0 or context.shape[-1] != refs.shape[-1]:
-        return torch.zeros(context.shape[0], dtype=torch.bool, device=context.device)
+        return torch.zeros(context.shape[0], refs.shape[0], dtype=torch.bool, device=context.device)
     tokens = min(context.shape[1], refs.shape[1])
     a = context[:, None, :tokens]
     b = refs[None, :, :tokens].to(device=context.device, dtype=context.dtype)
-    return (a == b).flatten(2).all(dim=2).any(dim=1)
+    return (a == b).flatten(2).all(dim=2)
+
+
+def _matches(context: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
+    """[n] bool: row i of `context` equals some row of `refs` (see `_match_table`)."""
+    return _match_table(context, refs).any(dim=1)
 
 
 @dataclasses.dataclass
@@ -47,13 +52,22 @@ class StepRows:
 
     def weak_rows(self, context: torch.Tensor) -> torch.Tensor:
         """[n] bool mask of the weak rows of one UNet call whose conditioning is `context` [n, T, D]."""
+        return self.weak_rows_and_sources(context)[0]
+
+    def weak_rows_and_sources(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(`weak_rows`, [n] long: the uncond row each row of the call equals; 0 where it equals none).
+
+        On the device, no sync: the source picks each weak row's own weak conditioning (per-image negative prompts).
+        """
         n = context.shape[0]
-        is_uncond = _matches(context, self.uncond)
+        uncond_table = _match_table(context, self.uncond)
+        is_uncond = uncond_table.any(dim=1)
         is_cond = _matches(context, self.cond)
         position = (torch.arange(n, device=context.device) + self.seen) % max(self.total, 1)
         by_position = position >= self.cond.shape[0]
         self.seen += n
-        return is_uncond & (~is_cond | by_position)
+        source = uncond_table.to(torch.uint8).argmax(dim=1) if self.uncond.shape[0] else torch.zeros_like(position)
+        return is_uncond & (~is_cond | by_position), source
 
 
 @dataclasses.dataclass

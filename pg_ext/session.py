@@ -54,8 +54,9 @@ class GuidanceSession:
         self.plan: Optional[PassPlan] = None
         # what the adapter computes once per job (e.g. base-checkpoint differences keyed by the loaded model)
         self.prepared: dict[Any, Any] = {}
-        self._routed = 0  # finished passes' counts; see steps_routed / steps_missed
+        self._routed = 0  # finished passes' counts; see steps_routed / steps_missed / steps_mixed
         self._missed = 0
+        self._mixed = 0
         self._undo: list[Callable[[], None]] = []  # what an adapter changed on the host for this pass
 
     def undo_at_end_of_pass(self, undo: Callable[[], None]) -> None:
@@ -78,6 +79,19 @@ class GuidanceSession:
         if self.router is None:
             return self._missed
         return self._missed + self.router.steps_missed + self.router.pending()[1]
+
+    @property
+    def steps_mixed(self) -> int:
+        """Of the missed steps, those whose uncond the host had already replaced by the weak conditioning
+        (`step(uncond_is_weak=True)`): θ' on θ_ω's text, neither PG nor plain CFG."""
+        if self.router is None:
+            return self._mixed
+        return self._mixed + self.router.steps_mixed + self.router.pending_mixed()
+
+    def places_weak_conditioning(self, weak: torch.Tensor, uncond: torch.Tensor) -> bool:
+        """Whether this pass's router puts `weak` into the weak rows itself (`step(weak_context=...)`), so
+        that the host's uncond stays the host's and a step whose rows are not found is plain CFG."""
+        return self.router is not None and self.router.can_place(weak, uncond)
 
     def select(self, loaded_networks: Sequence[Any]) -> list[Any]:
         """The personalization networks among the loaded ones; unknown names are an input error."""
@@ -136,11 +150,14 @@ class GuidanceSession:
             return encode_weak()
 
     def step(self, active: bool, cond: Optional[torch.Tensor], uncond: Optional[torch.Tensor],
-             omega: Optional[float] = None) -> None:
+             omega: Optional[float] = None, weak_context: Optional[torch.Tensor] = None,
+             weak_y: Optional[torch.Tensor] = None, uncond_is_weak: bool = False) -> None:
         """Route one CFG step at `omega` (None: the settings' ω); an inactive step runs as plain CFG.
 
         The host decides `active` and `omega` once per step from its step counter
-        (`Settings.in_range`, `Settings.omega_at`); a step at ω = 1 is plain CFG.
+        (`Settings.in_range`, `Settings.omega_at`); a step at ω = 1 is plain CFG. `weak_context`/`weak_y`:
+        the weak conditioning for the router to put into the weak rows (see `places_weak_conditioning`);
+        `uncond_is_weak`: the caller already put it into the host's uncond instead.
         """
         if self.router is None:
             return
@@ -148,7 +165,10 @@ class GuidanceSession:
         active = active and omega < 1.0
         if active:
             self.router.branch.set_omega(omega)
-        self.router.begin_step(cond if active else None, uncond if active else None)
+        if not active:
+            self.router.begin_step(None, None)
+            return
+        self.router.begin_step(cond, uncond, weak_context, weak_y, uncond_is_weak)
 
     @property
     def unet(self) -> Optional[nn.Module]:
@@ -161,6 +181,7 @@ class GuidanceSession:
             self.router.detach()
             self._routed += self.router.steps_routed
             self._missed += self.router.steps_missed
+            self._mixed += self.router.steps_mixed
         self.router = None
         while self._undo:
             undo = self._undo.pop()
@@ -178,4 +199,4 @@ class GuidanceSession:
         """End of the job: also drop what was prepared for it (the memory is freed now, not at GC)."""
         self.close()
         self.prepared.clear()
-        self._routed = self._missed = 0
+        self._routed = self._missed = self._mixed = 0

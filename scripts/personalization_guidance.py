@@ -23,6 +23,7 @@ from pg_ext import config
 from pg_ext.checkpoint import (CheckpointMismatch, DeltaCache, checkpoint_deltas, exact_mode_shortfall,
                                read_unet_tensors)
 from pg_ext.config import FIELD_BY_NAME, NOTE_KEY, OVERRIDES_ATTR, Settings, SettingsError
+from pg_ext.patches import DENSE_DIFFERENCES
 from pg_ext.session import GuidanceSession
 import pg_hosts
 
@@ -37,6 +38,7 @@ TITLE = "Personalization Guidance"
 SESSION_ATTR = "pg_session"
 PASS_CHECKPOINT = "checkpoint of the hooked pass"  # key in the session's prepared state
 ERROR_ATTR = "pg_error"  # an input error found in `process`, raised when sampling starts
+REFUSED = "input error of a pass"  # key in the session's prepared state: see _refuse_pass
 BASE_CACHE = DeltaCache(size=1)
 WEAK_CACHE: dict = {}  # is_hr_pass -> (key, weak conditioning) of the last such pass, see _encode_weak
 HOST = pg_hosts.load(pg_hosts.detect())  # the running host's adapter, found once
@@ -121,7 +123,14 @@ def _guard_sample(p) -> None:
         session = getattr(p, SESSION_ATTR, None)
         try:
             _check_selection(p, session)
-            return inner(*args, **kwargs)
+            try:
+                result = inner(*args, **kwargs)
+            except RefusedPass as refused:
+                raise request_error(p, refused.error) from None
+            refused = session.prepared.get(REFUSED) if session is not None else None
+            if refused is not None:  # a refused pass that never called the UNet
+                raise request_error(p, refused)
+            return result
         finally:
             if session is not None:
                 _note_missed_steps(p, session)
@@ -132,16 +141,46 @@ def _guard_sample(p) -> None:
     p.sample = sample
 
 
+class RefusedPass(Exception):
+    """An input error found when a pass began, carried out of the host's sampling to the `p.sample` wrapper."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _refuse_pass(p, session: GuidanceSession, error: Exception) -> None:
+    """Stop the job at this pass's first UNet call with `error` (the caller's 4xx, as in `_check_selection`).
+
+    An input error can first show when a pass begins (the hires prompt loads other LoRAs than the first
+    pass's), inside `process_before_every_sampling`, whose exceptions every host reports and swallows.
+    A UNet pre-hook is the first place on the sampling path whose exceptions reach the caller; it is
+    removed when the pass ends, and no weight was changed.
+    """
+    session.prepared[REFUSED] = error
+
+    def refuse(module, args):
+        raise RefusedPass(error)
+
+    handle = HOST.unet(shared.sd_model).register_forward_pre_hook(refuse)
+    session.undo_at_end_of_pass(handle.remove)
+    log.error("%s", error)
+
+
 def _note_missed_steps(p, session: GuidanceSession) -> None:
     """Say in the infotext when some steps ran as plain CFG because their rows could not be identified."""
     missed = session.steps_missed
     if not missed:
         return
     total = missed + session.steps_routed
-    if session.plan is not None and session.plan.weak_conditioning is not None:
-        outcome = "their uncond rows had the weak prompt's θ_ω encoding but the personalized UNet, neither PG nor plain CFG"
-    else:
+    mixed = session.steps_mixed
+    mixed_outcome = "their uncond rows had the weak prompt's encoding but the personalized UNet, neither PG nor plain CFG"
+    if not mixed:
         outcome = "those steps ran as plain CFG"
+    elif mixed == missed:
+        outcome = mixed_outcome
+    else:
+        outcome = f"{missed - mixed} of them ran as plain CFG; in {mixed} {mixed_outcome}"
     _note(p, f"the weak rows could not be identified in {missed} of {total} guided steps (another extension "
              f"changed the conditioning?): {outcome}")
 
@@ -285,6 +324,11 @@ def _crossattn(cond):
     return cond.get("crossattn") if isinstance(cond, dict) else cond
 
 
+def _vector(cond):
+    """sgm's pooled conditioning (SDXL's `y`), None for a plain tensor conditioning."""
+    return cond.get("vector") if isinstance(cond, dict) else None
+
+
 # -- the script -------------------------------------------------------------------------------------
 
 class PersonalizationGuidanceScript(scripts.Script):
@@ -374,7 +418,11 @@ class PersonalizationGuidanceScript(scripts.Script):
             return
         try:
             plan = self._begin_pass(p, session)
-        except Exception as e:  # the runner would swallow it anyway: say so in the infotext
+        except (SettingsError, CheckpointMismatch) as e:  # the user's input: a 4xx in every host, not a note
+            session.end_pass()
+            _refuse_pass(p, session, e)
+            return
+        except Exception as e:  # PG's limitation (a layer type, a quantized weight): plain CFG, said in the infotext
             session.end_pass()
             _note(p, f"off for this pass: {e}")
             return
@@ -390,8 +438,11 @@ class PersonalizationGuidanceScript(scripts.Script):
     @staticmethod
     def _begin_pass(p, session: GuidanceSession):
         session.prepared[PASS_CHECKPOINT] = _checkpoint_file(shared.sd_model)
-        return HOST.begin_pass(p, session, encode_weak=lambda: _encode_weak(p, session.settings),
-                               extra_unet_deltas=_job_base_deltas(session))
+        try:
+            return HOST.begin_pass(p, session, encode_weak=lambda: _encode_weak(p, session.settings),
+                                   extra_unet_deltas=_job_base_deltas(session))
+        finally:
+            DENSE_DIFFERENCES.end_round()  # the forks' dense LoRA differences this pass did not use are dropped
 
     def postprocess(self, p, processed, *args):
         _release(p)
@@ -473,15 +524,22 @@ def on_cfg_denoiser(params) -> None:
     omega = session.settings.omega_at(fraction_done)  # host-side, once per step: the hooks only read it
     active = session.settings.in_range(fraction_done) and omega < 1.0
     weak = session.plan.weak_conditioning if session.plan else None
+    weak_uncond, uncond_is_weak = None, False
     if weak is not None and active:
-        params.text_uncond = HOST.weak_uncond(prompt_parser.reconstruct_cond_batch(weak, params.denoiser.step),
-                                              params.text_uncond)
-    session.step(active, _crossattn(params.text_cond), _crossattn(params.text_uncond), omega)
+        weak_uncond = HOST.weak_uncond(prompt_parser.reconstruct_cond_batch(weak, params.denoiser.step),
+                                       params.text_uncond)
+        if not session.places_weak_conditioning(_crossattn(weak_uncond), _crossattn(params.text_uncond)):
+            # rows marked by the host (forks), or token counts the host would batch differently (the empty
+            # weak prompt next to a long negative one): the host runs the weak conditioning as its uncond
+            params.text_uncond, weak_uncond, uncond_is_weak = weak_uncond, None, True
+    session.step(active, _crossattn(params.text_cond), _crossattn(params.text_uncond), omega,
+                 weak_context=_crossattn(weak_uncond), weak_y=_vector(weak_uncond), uncond_is_weak=uncond_is_weak)
 
 
 def on_model_loaded(sd_model) -> None:
     BASE_CACHE.clear()
     WEAK_CACHE.clear()
+    DENSE_DIFFERENCES.clear()
 
 
 # -- X/Y/Z plot -------------------------------------------------------------------------------------
@@ -578,6 +636,7 @@ def on_ui_settings() -> None:
 def on_script_unloaded() -> None:
     BASE_CACHE.clear()
     WEAK_CACHE.clear()
+    DENSE_DIFFERENCES.clear()
 
 
 script_callbacks.on_cfg_denoiser(on_cfg_denoiser)

@@ -94,3 +94,40 @@ def install_networks(monkeypatch, names, files: dict, load_lora_for_models):
                                    load_lora_for_models=load_lora_for_models)
     monkeypatch.setitem(sys.modules, "networks", module)
     return nets
+
+
+def hires_prompt_without(monkeypatch, tag: str) -> None:
+    """Jobs whose hires prompt is the prompt without `tag` (a LoRA only the first pass loads)."""
+    from modules import processing
+
+    setup = processing.StableDiffusionProcessingTxt2Img.setup_prompts
+
+    def setup_prompts(p):
+        setup(p)
+        p.all_hr_prompts = [prompt.replace(tag, "") for prompt in p.all_hr_prompts]
+    monkeypatch.setattr(processing.StableDiffusionProcessingTxt2Img, "setup_prompts", setup_prompts)
+
+
+def assert_input_error_is_a_422(runner, model, args: dict, prompt: str, field: str, **job) -> None:
+    """An API job whose PG input is wrong answers 422 naming `field`; the weights are those a PG-off job
+    leaves (the host's LoRAs of the last pass merged or not, as it keeps them)."""
+    import torch
+    from fastapi import HTTPException
+    from modules import processing
+    from pg_host import make_p, run
+
+    def weights():
+        return [t.detach().clone() for m in model.modules() for t in m.parameters(recurse=False)]
+
+    run(runner, prompt=prompt, **job)
+    expected = weights()
+    p = make_p(runner, args, prompt=prompt, **job)
+    p.is_api = True
+    try:
+        processing.process_images(p)
+    except HTTPException as error:
+        assert error.status_code == 422 and f"'{field}'" in error.detail, error.detail
+    else:
+        raise AssertionError(f"no error; infotext: {p.extra_generation_params}")
+    after = weights()
+    assert len(after) == len(expected) and all(torch.equal(a, b) for a, b in zip(expected, after))

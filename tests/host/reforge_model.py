@@ -137,12 +137,14 @@ class ReforgeNetworks:
         import types
 
         model = self.model
-        model.forge_objects_original.unet.unpatch_model()  # loading another patcher restores the weights first
-        model.forge_objects_original.clip.patcher.unpatch_model()
         self.loaded_networks = [types.SimpleNamespace(name=name, mentioned_name=name,
                                                       network_on_disk=types.SimpleNamespace(filename=lora_file(name)))
                                 for name, _ in found]
         strengths = [float(args[0]) if args else 1.0 for _, args in found]
+        if model.current_lora_hash == lora_hash([[lora_file(name), s, s] for (name, _), s in zip(found, strengths)]):
+            return  # networks.py:91-92: the same LoRAs as last time keep their patchers (and entries)
+        model.forge_objects_original.unet.unpatch_model()  # loading another patcher restores the weights first
+        model.forge_objects_original.clip.patcher.unpatch_model()
         model.apply_loras([(self.available[name], s, s) for (name, _), s in zip(found, strengths)],
                           names=[name for name, _ in found])
 

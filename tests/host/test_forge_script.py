@@ -16,7 +16,7 @@ from backend.sampling.sampling_function import calc_cond_uncond_batch
 from forge_cfg_denoiser import forge_cfg_step
 from modules import processing, prompt_parser, scripts, sd_samplers, shared
 from pg_host import images, load_pg, pg_module, run
-from fork_objects import CLIP, ForgeObjects
+from fork_objects import CLIP, ForgeObjects, assert_input_error_is_a_422, hires_prompt_without
 from tiny_sd import DIM, TextEncoder
 from tiny_unet import TinyUNet
 
@@ -142,3 +142,21 @@ def test_omega_one_and_hires_and_errors(forge_host, monkeypatch):
     with pytest.raises(RuntimeError, match="boom"):
         run(runner, {"enabled": True, "omega": 0.3}, prompt=PROMPT)
     _assert_clean(model)
+
+
+@pytest.mark.parametrize("hires_only", [False, True])
+def test_an_unknown_lora_name_is_a_422_naming_the_field(forge_host, hires_only):
+    """Through the API a name that matches no LoRA of the pass answers 422 naming 'loras', as in A1111: before
+    sampling, or when the hires pass (whose prompt loads only 'style') begins (issue 17 item 7); nothing of
+    PG stays and the next job is unchanged."""
+    model, nets, runner = forge_host
+    off, _ = run(runner, prompt=PROMPT, enable_hr=True)
+    with pytest.MonkeyPatch.context() as patch:
+        if hires_only:
+            hires_prompt_without(patch, "<lora:subject:1>")
+        assert_input_error_is_a_422(runner, model, {"enabled": True, "omega": 0.3,
+                                                    "loras": "subject" if hires_only else "nobody"},
+                                    PROMPT, "loras", enable_hr=True)
+    _assert_clean(model)
+    again, _ = run(runner, prompt=PROMPT, enable_hr=True)
+    assert torch.equal(images(off), images(again))

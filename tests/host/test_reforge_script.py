@@ -18,6 +18,7 @@ from modules import processing, prompt_parser, scripts, sd_samplers, shared
 from pg_host import images, load_pg, make_p, pg_module, run
 from reforge_model import ReforgeNetworks, ReforgeSD, lora_patches
 from test_reforge_adapter import ReforgeModelView
+from fork_objects import assert_input_error_is_a_422, hires_prompt_without
 
 from pg_hosts import reforge
 
@@ -169,3 +170,35 @@ def test_bad_input_is_a_422_naming_the_field_and_the_next_off_image_is_unchanged
     _assert_clean(model)
     again, _ = run(runner, prompt=PROMPT)
     assert torch.equal(images(off), images(again))
+
+
+def test_a_selection_error_of_the_hires_pass_is_a_422_too(reforge_host):
+    """The hires prompt loads only 'style': 'subject' is unknown when that pass begins (issue 17 item 7).
+    Was a `PG note: off for this pass` and HTTP 200; a 422 as in `_check_selection` now, in every host."""
+    model, nets, runner = reforge_host
+    off, _ = run(runner, prompt=PROMPT, enable_hr=True)
+    with pytest.MonkeyPatch.context() as patch:
+        hires_prompt_without(patch, "<lora:subject:1>")
+        assert_input_error_is_a_422(runner, model, {"enabled": True, "omega": 0.3, "loras": "subject"}, PROMPT,
+                                    "loras", enable_hr=True)
+    _assert_clean(model)
+    again, _ = run(runner, prompt=PROMPT, enable_hr=True)
+    assert torch.equal(images(off), images(again))
+
+
+def test_dense_differences_are_merged_once_for_a_hires_pass_and_the_next_job(reforge_host, monkeypatch):
+    """'style' is a LoHa: its θ' and θ_ω come from the host's merge (issue 17 item 7), once per key and ω."""
+    import pg_ext.patches as patches
+
+    model, nets, runner = reforge_host
+    merged = []
+    original = patches.dense_difference
+    monkeypatch.setattr(patches, "dense_difference", lambda key, *a: merged.append(key) or original(key, *a))
+    pg, _ = run(runner, {"enabled": True, "omega": 0.3, "loras": "style"}, prompt=PROMPT, enable_hr=True)
+    first = len(merged)
+    assert first and len(set(merged)) == first  # each key once, though the job has two passes
+    again, _ = run(runner, {"enabled": True, "omega": 0.3, "loras": "style"}, prompt=PROMPT, enable_hr=True)
+    assert len(merged) == first and torch.equal(images(pg), images(again))
+    run(runner, {"enabled": True, "omega": 0.2, "loras": "style"}, prompt=PROMPT)
+    assert len(merged) == 2 * first  # another ω: merged anew
+    _assert_clean(model)

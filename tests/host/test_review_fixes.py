@@ -127,11 +127,35 @@ def test_9_unidentified_rows_are_reported_as_plain_cfg(runner):
     assert_no_hooks()
 
 
-@pytest.mark.xfail(strict=True, reason="PG still swaps text_uncond for its weak-encoded prompt on steps whose "
-                                       "rows it cannot identify, so those steps are not plain CFG (reported)")
 def test_9_unidentified_rows_with_a_text_encoder_lora_are_plain_cfg_too(runner):
+    """The weak prompt's θ_ω encoding goes into the weak rows only once the router has found them, so a
+    step whose rows it cannot find runs the host's own uncond (issue 17 item 7)."""
     script_callbacks.on_cfg_denoiser(_rewrite)
     pg, _ = run(runner, [True, 0.3])
     off, _ = run(runner)
-    assert "PG note: " in pg.infotexts[0]
+    note = pg.infotexts[0].split("PG note: ", 1)[-1]
+    assert "PG note: " in pg.infotexts[0] and "ran as plain CFG" in note and "neither" not in note
     assert torch.equal(images(pg), images(off))
+
+
+def test_a_selection_error_of_the_hires_pass_is_a_422_in_a1111_too(runner):
+    """issue 17 item 7: the hires prompt loads no 'subject'; that pass's input error reaches the caller.
+
+    The weights are not compared with a PG-off job's: A1111's Lora extension merges a layer's networks in
+    its forward, so a job stopped before the hires pass's first layer keeps the first pass's LoRA merged
+    until the next job's forward; the next job's image shows the model is as before."""
+    from fastapi import HTTPException
+    from fork_objects import hires_prompt_without
+
+    prompt = "a photo of sks cat <lora:subject:1>"
+    off, _ = run(runner, prompt=prompt, enable_hr=True)
+    with pytest.MonkeyPatch.context() as patch:
+        hires_prompt_without(patch, "<lora:subject:1>")
+        p = make_p(runner, {"enabled": True, "omega": 0.3, "loras": "subject"}, prompt=prompt, enable_hr=True)
+        p.is_api = True
+        with pytest.raises(HTTPException) as err:
+            processing.process_images(p)
+    assert err.value.status_code == 422 and "'loras'" in err.value.detail
+    assert_no_hooks()
+    again, _ = run(runner, prompt=prompt, enable_hr=True)
+    assert torch.equal(images(off), images(again))

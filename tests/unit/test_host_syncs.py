@@ -79,7 +79,8 @@ def _syncs_per_call(depth: int, kind: str, layout: str, calls: int = 2) -> tuple
     plain = run(SyncCounter())
     router = UNetRowRouter(tuned, WeakBranch(0.3, deltas, exact_weights=exact))
     with router:
-        router.begin_step(cond, uncond)
+        # with the weak conditioning put into the weak rows by the router (a text-encoder LoRA, A1111)
+        router.begin_step(cond, uncond, weak_context=uncond + 0.5)
         hooked = run(SyncCounter())
         assert router.step.seen == 4 * calls  # the rows really were routed
     assert (hooked - plain) % calls == 0
