@@ -144,10 +144,20 @@ def _encode_weak(p, state: _State):
         sd_model.forge_objects.clip = strong
 
 
-def _unet_wrapper(state: _State, loaded_patcher):
+def _plain_call(apply_model, args):
+    return apply_model(args["input"], args["timestep"], **args["c"])
+
+
+def _unet_wrapper(state: _State, loaded_patcher, inner=None):
+    """The whole call run twice, at θ' and at θ_ω, through `inner` (a wrapper already set on the patcher,
+    e.g. MultiDiffusion's tiles), and the uncond chunks of the call's result taken from the θ_ω run. The
+    result is in the call's own [chunks x B] layout whatever `inner` does inside, so nothing here reads a
+    tile layout (PG reads it on its own; the two must agree)."""
+    run = inner or _plain_call
+
     def wrapper(apply_model, args):
-        x, t, c, flags = args["input"], args["timestep"], args["c"], args["cond_or_uncond"]
-        out = apply_model(x, t, **c)
+        flags = args["cond_or_uncond"]
+        out = run(apply_model, args)
         if UNCOND not in flags:
             return out
         if state.weak_weights is None:
@@ -159,11 +169,11 @@ def _unet_wrapper(state: _State, loaded_patcher):
                 param = model.get_parameter(key)
                 strong[key] = param.data.clone()
                 param.data.copy_(weak)
-            weak_out = apply_model(x, t, **c)
+            weak_out = run(apply_model, args)
         finally:
             for key, data in strong.items():
                 model.get_parameter(key).data.copy_(data)
-        rows = x.shape[0] // len(flags)
+        rows = out.shape[0] // len(flags)
         for i, flag in enumerate(flags):
             if flag == UNCOND:
                 out[i * rows:(i + 1) * rows] = weak_out[i * rows:(i + 1) * rows]
@@ -186,7 +196,8 @@ class PGReferenceScript(common.ReferenceScript):
         state.weak_unet, state.weak_clip = _weak_patchers(p.sd_model, state)
         state.weak_uc = _encode_weak(p, state)
         unet = p.sd_model.forge_objects.unet.clone()  # the host resets forge_objects before every pass
-        unet.model_options["model_function_wrapper"] = _unet_wrapper(state, unet)  # read by both forks' batching
+        inner = unet.model_options.get("model_function_wrapper")  # set by a script before this one (MultiDiffusion)
+        unet.model_options["model_function_wrapper"] = _unet_wrapper(state, unet, inner)  # read by the forks' batching
         p.sd_model.forge_objects.unet = unet
         _active["state"] = state
 
