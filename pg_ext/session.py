@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -15,7 +15,7 @@ from torch import nn
 from .branch import ALL_ROWS, ParamDeltas, WeakBranch
 from .config import Settings, SettingsError
 from .deltas import LayerDelta
-from .lora_networks import collect_deltas, select_networks
+from .selection import select_networks
 from .router import UNetRowRouter
 
 log = logging.getLogger("personalization_guidance")
@@ -101,31 +101,17 @@ class GuidanceSession:
             raise SettingsError("loras", ", ".join(unknown), f"must name LoRAs used in the prompt (loaded: {loaded})")
         return selected
 
-    def begin_pass(self, unet: nn.Module, text_layers: Iterable[nn.Module], loaded_networks: Sequence[Any],
-                   encode_weak: Optional[Callable[[], Any]], extra_unet_deltas: Deltas = {},
-                   exact_weights: bool = True, empty_prompt: bool = False, keep_on_device: bool = True
+    def begin_pass(self, unet: nn.Module, unet_deltas: Deltas, text_deltas: Deltas, networks: Sequence[str],
+                   encode_weak: Optional[Callable[[], Any]], exact_weights: bool = True,
+                   empty_prompt: bool = False, keep_on_device: bool = True,
+                   router: Callable[[nn.Module, WeakBranch], UNetRowRouter] = UNetRowRouter
                    ) -> Optional[PassPlan]:
-        """Prepare a sampling pass; None means this pass runs as plain CFG (nothing to act on).
+        """Prepare a sampling pass with the differences each adapter takes from its host; None: this pass
+        runs as plain CFG (nothing to act on).
 
         `encode_weak()` encodes the weak branch's prompts with the host's text encoder; it is called with
         the text-encoder hooks active when a selected network touches the text encoder, or when the weak
         branch uses the empty prompt.
-        """
-        self.end_pass()
-        selected = self.select(loaded_networks)
-        lora_unet = collect_deltas(unet.modules(), loaded_networks, selected)
-        text_deltas = collect_deltas(text_layers, loaded_networks, selected)
-        return self.begin_pass_with(unet, merge_deltas(lora_unet, extra_unet_deltas), text_deltas,
-                                    [getattr(n, "name", "?") for n in selected], encode_weak,
-                                    exact_weights=exact_weights, empty_prompt=empty_prompt,
-                                    keep_on_device=keep_on_device)
-
-    def begin_pass_with(self, unet: nn.Module, unet_deltas: Deltas, text_deltas: Deltas, networks: Sequence[str],
-                        encode_weak: Optional[Callable[[], Any]], exact_weights: bool = True,
-                        empty_prompt: bool = False, keep_on_device: bool = True,
-                        router: Callable[[nn.Module, WeakBranch], UNetRowRouter] = UNetRowRouter
-                        ) -> Optional[PassPlan]:
-        """`begin_pass` with the differences already taken from the host (any adapter's source of deltas).
 
         `router(unet, branch)` makes the object that flags each call's weak rows: by conditioning
         (`UNetRowRouter`, A1111) or by the host's own marks (`MarkedRowRouter`).

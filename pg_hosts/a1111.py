@@ -3,7 +3,7 @@
 A1111 batches cond rows first and uncond rows last, but splits, pads and reorders them in several ways
 (`pg_ext.rows`), and tells the UNet nothing about which row is which: the router compares each call's
 `context` with the step's cond and uncond. LoRA differences come from the built-in Lora extension's
-loaded networks (`pg_ext.lora_networks`). PG attaches in `process_before_every_sampling` and the
+loaded networks (`pg_hosts.a1111_networks`). PG attaches in `process_before_every_sampling` and the
 script's wrapper around `p.sample` detaches, whatever happens during sampling.
 """
 from __future__ import annotations
@@ -12,7 +12,9 @@ import sys
 
 from modules import sd_unet, shared
 
-from pg_ext.lora_networks import original_weight
+from pg_ext.session import merge_deltas
+
+from .a1111_networks import collect_deltas, original_weight
 
 NAME = "a1111"
 SUPPORTS_BASE_CHECKPOINT = True  # DreamBooth mode: base differences read against the Lora backup
@@ -64,12 +66,16 @@ def replacement_unet_active() -> bool:
 
 def begin_pass(p, session, encode_weak, extra_unet_deltas):
     """Hook this pass's UNet; the router tells weak rows apart by their conditioning (pg_ext.router)."""
+    session.end_pass()
     sd_model = shared.sd_model
-    settings = session.settings
+    loaded = loaded_networks()
+    selected = session.select(loaded)
+    root = unet(sd_model)
+    unet_deltas = merge_deltas(collect_deltas(root.modules(), loaded, selected), extra_unet_deltas)
     return session.begin_pass(
-        unet=unet(sd_model), text_layers=text_layers(sd_model), loaded_networks=loaded_networks(),
-        encode_weak=encode_weak, extra_unet_deltas=extra_unet_deltas,
-        exact_weights=not _opt("lora_functional", False), empty_prompt=settings.weak_prompt == "empty",
+        root, unet_deltas, collect_deltas(text_layers(sd_model), loaded, selected),
+        [getattr(n, "name", "?") for n in selected], encode_weak,
+        exact_weights=not _opt("lora_functional", False), empty_prompt=session.settings.weak_prompt == "empty",
         keep_on_device=not moves_blocks_per_call(sd_model))
 
 

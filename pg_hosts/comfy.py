@@ -254,7 +254,7 @@ def begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas:
         original_clip = original.clip.patcher if original.clip is not None else None
         chosen_ids = selected_entries(clip.patcher, original_clip, owners.clip, chosen)
         text_deltas = patcher_deltas(clip.patcher, chosen_ids, omega)
-    return session.begin_pass_with(
+    return session.begin_pass(
         patcher.model.diffusion_model, merge_deltas(unet_deltas, extra_unet_deltas), text_deltas,
         [getattr(n, "name", "?") for n in selected], encode_weak,
         exact_weights=False,  # low-VRAM and online modules merge per forward: only the additive correction sees θ'

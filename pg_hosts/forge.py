@@ -33,10 +33,10 @@ import os
 from typing import Optional
 
 from pg_ext.deltas import register_linear
-from pg_ext.patches import patch_deltas
 from pg_ext.session import merge_deltas
 
 from .comfy import layer_of, loaded_networks, low_vram, marked_router
+from .patches import patch_deltas
 from .reforge import (  # noqa: F401 (same in Forge)
     original_param, replacement_unet_active, scheduling_args, unet)
 
@@ -136,7 +136,7 @@ def begin_pass(p, session, encode_weak, extra_unet_deltas):
     unet_deltas = patcher_deltas(patcher, selected_entries(patcher, selected), omega)
     clip = sd_model.forge_objects.clip
     text_deltas = {} if clip is None else patcher_deltas(clip.patcher, selected_entries(clip.patcher, selected), omega)
-    return session.begin_pass_with(
+    return session.begin_pass(
         patcher.model.diffusion_model, merge_deltas(unet_deltas, extra_unet_deltas), text_deltas,
         [getattr(n, "name", "?") for n in selected], encode_weak,
         exact_weights=False,  # online LoRAs merge per forward: only the additive correction sees θ'

@@ -33,10 +33,10 @@ What PG relies on (file:line in that tree; see docs/forks.md §3):
 """
 from __future__ import annotations
 
-from pg_ext.patches import patch_deltas
 
 from .comfy import (  # noqa: F401 (the adapter's API)
     backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, plain_layer_of)
+from .patches import patch_deltas
 from .reforge import (  # noqa: F401 (same in Neo)
     original_param, replacement_unet_active, unet, weak_uncond)
 

@@ -31,11 +31,10 @@ What PG relies on (file:line at that commit; see docs/forks.md §2):
 """
 from __future__ import annotations
 
-from pg_ext.patches import patch_deltas
-
 from .comfy import (  # noqa: F401 (the adapter's API)
     UNCOND, backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, plain_layer_of,
     rows_of_call)
+from .patches import patch_deltas
 
 NAME = "reforge"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for reForge yet (the script refuses it)

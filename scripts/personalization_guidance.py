@@ -23,7 +23,7 @@ from pg_ext import config
 from pg_ext.checkpoint import (CheckpointMismatch, DeltaCache, checkpoint_deltas, exact_mode_shortfall,
                                read_unet_tensors)
 from pg_ext.config import FIELD_BY_NAME, NOTE_KEY, OVERRIDES_ATTR, Settings, SettingsError
-from pg_ext.patches import DENSE_DIFFERENCES
+from pg_hosts.patches import DENSE_DIFFERENCES
 from pg_ext.session import GuidanceSession
 import pg_hosts
 

@@ -390,12 +390,12 @@ def test_low_vram_modes_keep_nothing_on_the_device_between_calls(monkeypatch, st
     _networks(monkeypatch, model)
     monkeypatch.setattr(model.forge_objects_original.unet.model, "model_lowvram", partial, raising=False)
     seen = {}
-    original = GuidanceSession.begin_pass_with
+    original = GuidanceSession.begin_pass
 
     def spy(self, *args, **kwargs):
         seen["keep_on_device"] = kwargs["keep_on_device"]
         return original(self, *args, **kwargs)
-    monkeypatch.setattr(GuidanceSession, "begin_pass_with", spy)
+    monkeypatch.setattr(GuidanceSession, "begin_pass", spy)
     out, plan, _ = run_pg(model, 0.3)
     assert seen["keep_on_device"] is kept
     torch.testing.assert_close(out, reference(model, 0.3, {"subject", "style"}, False), atol=2e-5, rtol=1e-5)

@@ -188,7 +188,7 @@ def test_a_selection_error_of_the_hires_pass_is_a_422_too(reforge_host):
 
 def test_dense_differences_are_merged_once_for_a_hires_pass_and_the_next_job(reforge_host, monkeypatch):
     """'style' is a LoHa: its θ' and θ_ω come from the host's merge (issue 17 item 7), once per key and ω."""
-    import pg_ext.patches as patches
+    import pg_hosts.patches as patches
 
     model, nets, runner = reforge_host
     merged = []

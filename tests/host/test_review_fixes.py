@@ -77,7 +77,7 @@ def test_3_medvram_is_not_lowvram(runner, monkeypatch, flag, keeps):
     seen = []
     original = GuidanceSession.begin_pass
     monkeypatch.setattr(GuidanceSession, "begin_pass",
-                        lambda self, **kw: seen.append(kw["keep_on_device"]) or original(self, **kw))
+                        lambda self, *a, **kw: seen.append(kw["keep_on_device"]) or original(self, *a, **kw))
     run(runner, [True, 0.3])
     assert seen == [keeps]
 

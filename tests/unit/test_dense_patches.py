@@ -7,7 +7,7 @@ from torch import nn
 import pg_ext.deltas as deltas_module
 from pg_ext.branch import WeakBranch
 from pg_ext.deltas import layer_op
-from pg_ext.patches import patch_deltas
+from pg_hosts.patches import patch_deltas
 
 
 def _merge(entries, weight, key):  # an affine host merge: weight + Σ strength · diff
@@ -57,7 +57,7 @@ def _loha_like(layer, seed):  # not a plain LoRA: the dense path, merged by the 
 
 
 def test_dense_differences_are_merged_once_for_the_same_entries_and_omega():
-    from pg_ext.patches import DenseDifferences
+    from pg_hosts.patches import DenseDifferences
 
     layer = nn.Linear(4, 3)
     weight_entry, bias_entry = _loha_like(layer, 1), (1.0, torch.randn(3) * 0.1, 1.0, None, None)
@@ -93,7 +93,7 @@ def test_dense_differences_are_merged_once_for_the_same_entries_and_omega():
 
 
 def test_a_cached_dense_difference_is_not_reused_for_another_models_layer():
-    from pg_ext.patches import DenseDifferences
+    from pg_hosts.patches import DenseDifferences
 
     layers = [nn.Linear(4, 3, bias=False), nn.Linear(4, 3, bias=False)]  # one key in two models
     entry = _loha_like(layers[0], 3)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pg_ext.deltas import DenseDelta, LowRankDelta
-from pg_ext.lora_networks import layer_deltas_for
+from pg_hosts.a1111_networks import layer_deltas_for
 
 from network_types import Hada, Lora, Net
 

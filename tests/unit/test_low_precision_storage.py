@@ -8,7 +8,7 @@ from torch import nn
 
 from pg_ext.checkpoint import _difference
 from pg_ext.deltas import DenseDelta
-from pg_ext.patches import patch_deltas
+from pg_hosts.patches import patch_deltas
 
 
 def _fp8_linear(seed=0):

@@ -7,7 +7,8 @@ from torch import nn
 
 from pg_ext.branch import WeakBranch
 from pg_ext.deltas import DenseDelta, LowRankDelta
-from pg_ext.lora_networks import layer_deltas_for, select_networks
+from pg_ext.selection import select_networks
+from pg_hosts.a1111_networks import layer_deltas_for
 
 import network_types as nt
 
@@ -120,7 +121,7 @@ def test_sd_lora_on_an_inpainting_input_conv_is_zero_padded_like_the_host():
 def test_sd2_text_encoder_attention_is_interpolated_exactly():
     """OpenCLIP's nn.MultiheadAttention with LoRA modules named <layer>_q_proj/_k_proj/_v_proj/_out_proj."""
     from pg_ext.branch import ALL_ROWS
-    from pg_ext.lora_networks import collect_deltas
+    from pg_hosts.a1111_networks import collect_deltas
 
     torch.manual_seed(7)
     mha = nn.MultiheadAttention(8, 2, batch_first=True)

@@ -30,7 +30,7 @@ def _session(models):
     base, tuned = models
     session = GuidanceSession(Settings(enabled=True, omega=0.3))
     deltas = checkpoint_deltas(tuned, dict(base.named_parameters())).deltas
-    assert session.begin_pass(tuned, [], [], None, extra_unet_deltas=deltas) is not None
+    assert session.begin_pass(tuned, deltas, {}, [], None) is not None
     return session, deltas
 
 
@@ -61,7 +61,7 @@ def test_steps_routed_and_missed_are_counted_across_passes_until_end_job(models)
     assert (session.steps_routed, session.steps_missed) == (2, 1)
     session.end_pass()  # e.g. the hires pass starts: the counts stay with the job
     assert (session.steps_routed, session.steps_missed) == (2, 1)
-    session2_pass = session.begin_pass(tuned, [], [], None, extra_unet_deltas=_session(models)[1])
+    session2_pass = session.begin_pass(tuned, _session(models)[1], {}, [], None)
     assert session2_pass is not None
     session.step(True, cond, uncond)
     _call(tuned, torch.cat([torch.randn_like(cond), torch.randn_like(uncond)]))
@@ -92,7 +92,7 @@ def test_end_of_pass_releases_every_device_copy_of_cached_deltas(models):
     deltas = {layer: [DenseDelta(torch.randn_like(layer.weight, dtype=torch.float64) * 0.01)]
               for layer in tuned.modules() if isinstance(layer, (nn.Linear, nn.Conv2d))}
     session = GuidanceSession(Settings(enabled=True, omega=0.3))
-    session.begin_pass(tuned, [], [], None, extra_unet_deltas=deltas, exact_weights=False)
+    session.begin_pass(tuned, deltas, {}, [], None, exact_weights=False)
     session.step(True, cond, uncond)
     _call(tuned, torch.cat([cond, uncond]))
     placed = [d._placed for ds in deltas.values() for d in ds]

@@ -175,9 +175,17 @@ def entries(ctx):
 
 
 def selected_of(after, root, nets):
+    """The subject's entries: Forge keys them by file; here the chain is built with one link per LoRA, so the
+    subject's are the ones its link added (which LoRA adds which links in a real load: probe_loader.py)."""
     if HOST == "forge":
         return forge.selected_entries(after, nets[:1])
-    return adapter.selected_entries(after, root, nets, nets[:1])
+    links = []
+    patcher = after
+    while patcher is not root:
+        links.append(patcher)
+        patcher = patcher.parent
+    first = links[-1]
+    return {id(e) for key, entries in first.patches.items() for e in entries[len(root.patches.get(key, [])):]}
 
 
 def case(name, style_kind, omega, split):

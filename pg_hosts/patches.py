@@ -23,7 +23,7 @@ from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .deltas import DenseDelta, LayerDelta, LowRankDelta, difference_dtype, is_linear, is_supported
+from pg_ext.deltas import DenseDelta, LayerDelta, LowRankDelta, difference_dtype, is_linear, is_supported
 
 Entry = tuple  # (strength_patch, patch, strength_model, offset, function[, online_mode])
 Merge = Callable[[list, torch.Tensor, str], torch.Tensor]  # host merge: (entries, float32 weight copy, key) -> weight
