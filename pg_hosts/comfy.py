@@ -224,6 +224,26 @@ def selected_entries(after, original, owners: dict, chosen: set[int]) -> set[int
     return chosen_ids
 
 
+def original_param_of(patcher, module, name: str):
+    """A parameter of the patcher's UNet without any LoRA: the patcher's `backup[key].weight` while the model
+    is patched offline (the backup dict is shared by every clone), the parameter itself otherwise (not
+    patched, or online LoRAs that merge per forward and leave it as loaded)."""
+    root = patcher.model.diffusion_model
+    paths = _module_paths.get(id(root))
+    if paths is None or paths[0]() is not root:
+        paths = (weakref.ref(root), {id(m): n for n, m in root.named_modules()})
+        _module_paths.clear()
+        _module_paths[id(root)] = paths
+    path = paths[1].get(id(module))
+    if path is None:
+        return getattr(module, name)
+    backup = patcher.backup.get(f"diffusion_model.{path}.{name}" if path else f"diffusion_model.{name}")
+    return backup.weight if backup is not None else getattr(module, name)
+
+
+_module_paths: dict = {}  # id(UNet) -> (weak ref to it, {id(module): its path}): one UNet at a time
+
+
 def backup_base_of(patcher):
     """key -> the weight without any patch: ComfyUI's `backup[key].weight` while the model is patched."""
     def base(key: str):

@@ -399,3 +399,21 @@ def test_low_vram_modes_keep_nothing_on_the_device_between_calls(monkeypatch, st
     out, plan, _ = run_pg(model, 0.3)
     assert seen["keep_on_device"] is kept
     torch.testing.assert_close(out, reference(model, 0.3, {"subject", "style"}, False), atol=2e-5, rtol=1e-5)
+
+
+def test_original_param_is_the_weight_without_the_prompts_loras(monkeypatch):
+    """Base-checkpoint mode reads θ' − θ_base against the checkpoint's own weights, never a LoRA-merged one."""
+    model = NeoModel()
+    weights = _weights(model)
+    model.apply_loras(_loras(model))
+    patcher = model.forge_objects_after_applying_lora.unet
+    layer = patcher.model.diffusion_model.time_embed[0]
+    patcher.load()  # offline LoRAs merged into the parameters, originals in the shared backup
+    try:
+        assert not torch.equal(layer.weight, weights["diffusion_model.time_embed.0.weight"])
+        torch.testing.assert_close(comfy.original_param_of(patcher, layer, "weight"),
+                                   weights["diffusion_model.time_embed.0.weight"], atol=0, rtol=0)
+        unpatched = patcher.model.diffusion_model.attn.norm  # no LoRA entry on it: the parameter itself
+        assert comfy.original_param_of(patcher, unpatched, "weight") is unpatched.weight
+    finally:
+        patcher.unpatch_model()

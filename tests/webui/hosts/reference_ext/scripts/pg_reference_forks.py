@@ -1,8 +1,11 @@
 """PG reference for the forks (reForge, Forge, Forge Neo; tests only): PG's weak branch computed the slow, obvious way.
 
 The same script title and arguments as tests/webui/reference_ext (A1111), so the live suite's comparisons
-run unchanged: [enabled, omega, weak_prompt ("negative"|"empty"), base_checkpoint (only "None" here),
-loras (comma-separated names to weaken; empty = every LoRA of the prompt)].
+run unchanged: [enabled, omega, weak_prompt ("negative"|"empty"), base_checkpoint ("None" or a checkpoint
+of the WebUI's list), loras (comma-separated names to weaken; empty = every LoRA of the prompt)].
+
+* Base checkpoint (no LoRA in the prompt): θ_ω = lerp(base, θ', ω) for every UNet weight the base file
+  has, read tensor by tensor from the two checkpoint files, written in for the weak re-run as below.
 
 * θ_ω is built by the host's own LoRA loader: the prompt's LoRAs are applied again to the model's original
   UNet and CLIP patchers (`forge_objects_original`), each selected LoRA at ω × its strengths, exactly as
@@ -38,8 +41,8 @@ _active = {"state": None}  # the running job's state; jobs run one at a time in 
 
 
 class _State:
-    def __init__(self, omega: float, weak_prompt: str, loras: set[str]):
-        self.omega, self.weak_prompt, self.loras = omega, weak_prompt, loras
+    def __init__(self, omega: float, weak_prompt: str, loras: set[str], base_file=None):
+        self.omega, self.weak_prompt, self.loras, self.base_file = omega, weak_prompt, loras, base_file
         self.weak_unet = self.weak_clip = None
         self.weak_uc = None       # prompt schedules of the weak conditioning
         self.weak_weights = None  # key -> θ_ω tensor, built at the first UNet call (the model is patched then)
@@ -130,6 +133,27 @@ def _weak_weights(loaded_patcher, weak_patcher) -> dict:
     return out
 
 
+UNET_PREFIX = "model.diffusion_model."
+
+
+def _base_weights(model, base_file: str, loaded_file: str, omega: float) -> dict:
+    """key -> lerp(base, loaded, ω) for every UNet weight, from the two checkpoint files (no LoRA patched)."""
+    from safetensors import safe_open
+
+    out = {}
+    with safe_open(base_file, framework="pt", device="cpu") as base_f, \
+            safe_open(loaded_file, framework="pt", device="cpu") as loaded_f:
+        base_keys = set(base_f.keys())
+        for name, param in model.diffusion_model.named_parameters():
+            key = UNET_PREFIX + name
+            if key not in base_keys:
+                raise RuntimeError(f"PG reference: base lacks {key}")
+            base = base_f.get_tensor(key).to(dtype=torch.float32)
+            loaded = loaded_f.get_tensor(key).to(dtype=torch.float32)
+            out[f"diffusion_model.{name}"] = torch.lerp(base, loaded, omega).to(device=param.device, dtype=param.dtype)
+    return out
+
+
 def _encode_weak(p, state: _State):
     """The weak conditioning, encoded with the weak CLIP patcher standing in for the model's."""
     sd_model = p.sd_model
@@ -160,7 +184,10 @@ def _unet_wrapper(state: _State, loaded_patcher, inner=None):
         out = run(apply_model, args)
         if UNCOND not in flags:
             return out
-        if state.weak_weights is None:
+        if state.weak_weights is None and state.base_file:
+            loaded = shared.sd_model.sd_checkpoint_info.filename
+            state.weak_weights = _base_weights(loaded_patcher.model, state.base_file, loaded, state.omega)
+        elif state.weak_weights is None:
             state.weak_weights = _weak_weights(loaded_patcher, state.weak_unet)
         model = loaded_patcher.model
         strong = {}
@@ -188,11 +215,19 @@ class PGReferenceScript(common.ReferenceScript):
         _active["state"] = None
 
     def start(self, p, omega, weak_prompt, base, loras):
+        base_file = None
         if base is not None:
-            raise RuntimeError("PG reference (forks): a base checkpoint is not supported here")
-        setattr(p, STATE_ATTR, _State(omega, weak_prompt, loras))
+            from modules import sd_models
+
+            info = sd_models.get_closet_checkpoint_match(base)
+            if info is None:
+                raise RuntimeError(f"PG reference: unknown base {base!r}")
+            base_file = info.filename
+        setattr(p, STATE_ATTR, _State(omega, weak_prompt, loras, base_file))
 
     def first_pass(self, p, state):
+        if state.base_file and _applied_loras(p.sd_model):
+            raise RuntimeError("PG reference (forks): a base checkpoint with LoRAs in the prompt is not supported")
         state.weak_unet, state.weak_clip = _weak_patchers(p.sd_model, state)
         state.weak_uc = _encode_weak(p, state)
         unet = p.sd_model.forge_objects.unet.clone()  # the host resets forge_objects before every pass
