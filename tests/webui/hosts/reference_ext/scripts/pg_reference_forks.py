@@ -181,7 +181,7 @@ def _unet_wrapper(state: _State, loaded_patcher, inner=None):
 
     def wrapper(apply_model, args):
         flags = args["cond_or_uncond"]
-        out = run(apply_model, args)
+        out = run(apply_model, args).clone()  # Mixture of Diffusers returns its buffer, zeroed by the next call
         if UNCOND not in flags:
             return out
         if state.weak_weights is None and state.base_file:
