@@ -195,6 +195,13 @@ def _forget_settings_if_pg_never_ran(p, session: GuidanceSession) -> None:
             p.extra_generation_params.pop(key, None)
 
 
+def _guidance_scale(p) -> float:
+    """The CFG scale of the pass about to sample: the forks' hires pass has its own (`hr_cfg`)."""
+    if getattr(p, "is_hr_pass", False) and getattr(p, "hr_cfg", None) is not None:
+        return float(p.hr_cfg)
+    return float(getattr(p, "cfg_scale", 0.0) or 0.0)
+
+
 def _check_selection(p, session: GuidanceSession | None) -> None:
     """Input errors found once the prompt's LoRAs are loaded: unknown LoRA names, a base that does not fit.
 
@@ -415,6 +422,10 @@ class PersonalizationGuidanceScript(scripts.Script):
             return
         if HOST.replacement_unet_active():
             _note(p, "off: a replacement UNet (e.g. TensorRT) is active, its layers cannot be hooked")
+            return
+        if _guidance_scale(p) == 1.0:
+            _note(p, "off for this pass: CFG scale 1 runs no unconditional branch (the host skips it; distilled-"
+                     "guidance models such as Flux run this way), so there is nothing for PG to weaken")
             return
         try:
             plan = self._begin_pass(p, session)

@@ -306,3 +306,14 @@ def test_pg_off_ignores_its_other_values(runner):
     from pg_ext.config import SettingsError
     with pytest.raises(SettingsError, match="'enabled'"):
         run(runner, ["maybe", 0.5])
+
+
+def test_cfg_scale_one_is_said_not_silently_ignored(runner):
+    """At CFG scale 1 there is no unconditional branch to weaken (issue 18: the DiT presets' default)."""
+    pg, _ = run(runner, [True, 0.3], cfg_scale=1.0)
+    off, _ = run(runner, cfg_scale=1.0)
+    text = pg.infotexts[0]
+    assert "PG note: " in text and "CFG scale 1" in text, text
+    assert "PG omega" not in text  # PG ran on no step: a paste must not turn it on
+    assert torch.equal(images(pg), images(off))
+    assert_no_hooks()
