@@ -81,7 +81,11 @@ def lora_mode(api, loaded_family):
     """SDXL in fp32 on a small machine: with any LoRA loaded, A1111's Lora extension backs up every weight it
     may merge into (a second copy of the model: +9 GB for SDXL, killed at 24 GB here). Such runs use the Lora
     extension's functional mode ("use old method": no merging, no backups); the setting comes back afterwards."""
-    before = api.get("/sdapi/v1/options").get("lora_functional", False)
+    options = api.get("/sdapi/v1/options")
+    if "lora_functional" not in options:  # the forks: their patcher backs up only the weights a LoRA patches
+        yield False
+        return
+    before = options.get("lora_functional", False)
     wanted = before or (loaded_family == "rand_sdxl" and _ram_gib() < 40)
     if wanted != before:
         print(f"\n[tests/webui] {loaded_family} on {_ram_gib():.0f} GiB: Lora functional mode for this run")
