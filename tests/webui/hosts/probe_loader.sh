@@ -1,9 +1,3 @@
 #!/usr/bin/env bash
 # bash tests/webui/hosts/probe_loader.sh forge_neo : PG's LoRA selection on the fork's own LoRA loader (no server, no model)
-HOST_NAME=${1:?host: reforge, forge or forge_neo}
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-host_paths
-[[ -x $PY ]] || fail "no venv: run $HOST_NAME/setup.sh"
-export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONDONTWRITEBYTECODE=1
-export PG_EXT_DIR=${PG_EXT_DIR:-$(cd "$HOSTS_DIR/../../.." && pwd -P)}
-cd "$WEBUI" && exec "$PY" -W ignore "$HOSTS_DIR/probe_loader.py" "$HOST_NAME"
+PROBE=probe_loader.py exec bash "$(dirname "${BASH_SOURCE[0]}")/probe_adapter.sh" "$@"

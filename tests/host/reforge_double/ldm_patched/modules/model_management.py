@@ -1,15 +1,12 @@
-"""The memory manager's VRAM state as the adapters read it: `VRAMState` and the module's `vram_state`
-(reForge ldm_patched/modules/model_management.py:30-44), set from --lowvram/--novram."""
-import enum
+"""reForge's memory manager keeps the same VRAM states as Forge's (ldm_patched/modules/model_management.py:30-44):
+the Forge double's enum, under reForge's module name."""
+import importlib.util
+import os
 
-
-class VRAMState(enum.Enum):
-    DISABLED = 0
-    NO_VRAM = 1
-    LOW_VRAM = 2
-    NORMAL_VRAM = 3
-    HIGH_VRAM = 4
-    SHARED = 5
-
-
+_FORGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "forge_double", "backend",
+                      "memory_management.py")
+_spec = importlib.util.spec_from_file_location("_reforge_double_vram_states", _FORGE)
+_forge = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_forge)
+VRAMState = _forge.VRAMState
 vram_state = VRAMState.NORMAL_VRAM
