@@ -134,8 +134,10 @@ def main() -> None:
                         os.path.join(HERE, "..", "tests", "webui", "harness_models.py")], check=True)
         client.post("/sdapi/v1/refresh-loras", {})
 
-    functional_before = client.get("/sdapi/v1/options").get("lora_functional", False)
-    if args.family == "sdxl" and not functional_before:
+    options = client.get("/sdapi/v1/options")
+    functional_before = options.get("lora_functional", False)
+    switch = args.family == "sdxl" and not functional_before and "lora_functional" in options  # A1111's option only
+    if switch:
         # fp32 SDXL on a small machine: the Lora extension's default mode backs up every weight it may merge
         # into (a second model copy); its functional mode keeps none (tests/webui/conftest.py, lora_mode)
         print("[bench] SDXL: Lora functional mode for this run")
@@ -143,7 +145,7 @@ def main() -> None:
     try:
         rows = run_sizes(client, pid, args, family, groups, sizes, steps_at)
     finally:
-        if args.family == "sdxl" and not functional_before:
+        if switch:
             client.post("/sdapi/v1/options", {"lora_functional": False})
     print_table(args, pid, rows)
 

@@ -8,6 +8,8 @@ Writes into $HARNESS/webui/models/Lora/ (idempotent):
   pg_full.safetensors        full-diff ('diff' = up @ down * alpha / rank): same delta, dense file
   pg_unet_only.safetensors   rand_lora's UNet modules only (lora_unet_*): the common SDXL shape
   pg_te_only.safetensors     rand_lora's text-encoder modules only (lora_te*)
+  <family>_unet_only.safetensors  the same UNet-only cut of rand_sd21v_lora / rand_sdxl_lora, where those exist
+                             (tests/webui/harness_models_families.py makes them)
 """
 from __future__ import annotations
 
@@ -61,6 +63,12 @@ def make(directory: str) -> list[str]:
         path = os.path.join(directory, name + ".safetensors")
         if not os.path.exists(path):
             save_file(sd, path, metadata={"ss_network_module": "networks.lora", "pg_test": name})
+            written.append(path)
+    for family in ("rand_sd21v", "rand_sdxl"):
+        source, path = (os.path.join(directory, f"{family}{suffix}.safetensors") for suffix in ("_lora", "_unet_only"))
+        if os.path.exists(source) and not os.path.exists(path):
+            unet_only = {k: v for k, v in load_file(source).items() if k.startswith("lora_unet_")}
+            save_file(unet_only, path, metadata={"ss_network_module": "networks.lora", "pg_test": f"{family}_unet_only"})
             written.append(path)
     return written
 
