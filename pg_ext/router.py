@@ -195,11 +195,18 @@ class MarkedRowRouter(UNetRowRouter):
         return False
 
     def pending(self) -> tuple[int, int]:
+        """A step with a call whose rows could not be read is missed, even if other calls were corrected."""
         if not self._active:
             return 0, 0
-        if self._weak_in_step:
-            return 1, 0
-        return (0, 1) if self._unmarked_in_step else (0, 0)
+        if self._unmarked_in_step:
+            return 0, 1
+        return (1, 0) if self._weak_in_step else (0, 0)
+
+    def pending_mixed(self) -> int:
+        """A missed step is neither PG nor CFG when its uncond was the weak encoding or some of its calls
+        were corrected (only the unreadable calls ran θ')."""
+        missed = self.pending()[1]
+        return missed if self._uncond_is_weak or self._weak_in_step else 0
 
     def _end_step(self) -> None:
         super()._end_step()

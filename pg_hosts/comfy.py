@@ -197,12 +197,17 @@ def _note_new(owners: dict, before, after, index: int) -> None:
 
 def chosen_targets(targets: list, selected: list) -> set[int]:
     """Indices of the targets loaded from the selected networks' files."""
-    files = {_file(getattr(getattr(n, "network_on_disk", None), "filename", None)) for n in selected}
-    files.discard(None)
-    return {i for i, target in enumerate(targets) if _file(target[0]) in files}
+    files = selected_files(selected)
+    return {i for i, target in enumerate(targets) if file_key(target[0]) in files}
 
 
-def _file(path) -> Optional[str]:
+def selected_files(selected: list) -> set[str]:
+    """The selected networks' files, as `file_key`s."""
+    return {file_key(getattr(getattr(n, "network_on_disk", None), "filename", None)) for n in selected} - {None}
+
+
+def file_key(path) -> Optional[str]:
+    """A LoRA file's path as the forks' records compare it (absolute, case as the OS folds it); None if unset."""
     return os.path.normcase(os.path.abspath(path)) if isinstance(path, str) and path else None
 
 

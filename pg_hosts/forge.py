@@ -29,20 +29,16 @@ What PG relies on (file:line at that commit; see docs/forks.md §1 and §5):
 """
 from __future__ import annotations
 
-import os
-from typing import Optional
-
 from pg_ext.deltas import register_linear
 from pg_ext.session import merge_deltas
 
-from .comfy import layer_of, loaded_networks, low_vram, marked_router
+from .comfy import QUANTIZED, file_key, layer_of, loaded_networks, low_vram, marked_router, selected_files
 from .patches import patch_deltas
 from .reforge import (  # noqa: F401 (same in Forge)
     original_param, replacement_unet_active, scheduling_args, unet)
 
 NAME = "forge"
 SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for Forge yet (the script refuses it)
-QUANTIZED = ("bnb_quantized", "gguf_cls")  # attributes of weights Forge stores quantized
 
 
 def _register_layers() -> None:
@@ -62,16 +58,12 @@ def weak_uncond(weak, host_uncond):
 
 # -- which entries belong to which LoRA ----------------------------------------------------------------
 
-def _same_file(a: Optional[str], b: Optional[str]) -> bool:
-    return bool(a) and bool(b) and os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
-
-
 def selected_entries(patcher, selected: list) -> set[int]:
     """Ids of the entries the selected LoRAs' files added to this patcher (UNet or CLIP)."""
-    files = [getattr(getattr(n, "network_on_disk", None), "filename", None) for n in selected]
+    files = selected_files(selected)
     chosen = set()
     for (filename, _, _, _), by_key in patcher.lora_patches.items():
-        if any(_same_file(filename, f) for f in files):
+        if file_key(filename) in files:
             chosen |= {id(e) for entries in by_key.values() for e in entries}
     return chosen
 

@@ -76,7 +76,7 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
                         merge)
 
 
-def load_one(unet, clip, target: tuple) -> tuple:
+def load_one(unet_patcher, clip, target: tuple) -> tuple:
     """One LoRA through Neo's loader as `load_networks` runs it (networks.py:145-149): the file read by the
     extension's reader, kohya's doubled `lora_unet__` prefix fixed, then `load_lora_for_models` (:39-80)."""
     import networks
@@ -88,7 +88,7 @@ def load_one(unet, clip, target: tuple) -> tuple:
         from backend.state_dict import state_dict_prefix_replace
 
         lora = state_dict_prefix_replace(lora, {"lora_unet__": "lora_unet_"})
-    return networks.load_lora_for_models(unet, clip, lora, strength_model, strength_clip, filename=filename,
+    return networks.load_lora_for_models(unet_patcher, clip, lora, strength_model, strength_clip, filename=filename,
                                          online_mode=online)
 
 

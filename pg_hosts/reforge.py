@@ -83,12 +83,12 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
 
 # -- attach ---------------------------------------------------------------------------------------------
 
-def load_one(unet, clip, target: tuple) -> tuple:
+def load_one(unet_patcher, clip, target: tuple) -> tuple:
     """One LoRA through reForge's loader as `load_networks` runs it (networks.py:98-104)."""
     import networks
 
     filename, strength_model, strength_clip = target[:3]
-    return networks.load_lora_for_models(unet, clip, networks.load_lora_state_dict(filename), strength_model,
+    return networks.load_lora_for_models(unet_patcher, clip, networks.load_lora_state_dict(filename), strength_model,
                                          strength_clip, filename=filename)
 
 

@@ -63,3 +63,19 @@ def test_marked_router_changes_only_the_weak_rows_and_counts_unmarked_calls():
             router.begin_step(None, None)
     assert torch.equal(out[:2], plain[:2]) and (out[2:] - plain[2:]).abs().max() > 1e-4
     assert (router.steps_routed, router.steps_missed) == (1, 1)
+
+
+def test_a_step_with_one_unreadable_call_is_reported_not_counted_as_guided():
+    """Split calls of one step: one corrected, one unreadable (its uncond rows ran θ'): neither PG nor CFG."""
+    torch.manual_seed(0)
+    unet = StackedTinyUNet(1).eval()
+    gen = torch.Generator().manual_seed(1)
+    x, t, context = torch.randn(2, 4, 8, 8, generator=gen), torch.tensor([500] * 2), torch.randn(2, 5, 12, generator=gen)
+    with torch.no_grad():
+        router = MarkedRowRouter(unet, WeakBranch(0.3, _lora_deltas(unet)), _marks_of)
+        with router:
+            router.begin_step(context[:1], context[1:])
+            unet(x, t, context=context, transformer_options={"cond_or_uncond": [0, 1]})
+            unet(x, t, context=context)  # the step's second call lost its marks
+            router.begin_step(None, None)
+    assert (router.steps_routed, router.steps_missed, router.steps_mixed) == (0, 1, 1)
