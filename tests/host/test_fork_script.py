@@ -1,6 +1,6 @@
-"""The entry script with each fork's adapter (reForge, Forge 2), on the A1111 double's job loop with that fork's
-CFG step: one set of cases, parametrized over the hosts (issue 17 item 7; these were test_reforge_script.py and
-test_forge_script.py, the same cases copied per host).
+"""The entry script with each fork's adapter (reForge, Forge 2, Forge Neo), on the A1111 double's job loop with that
+fork's CFG step: one set of cases, parametrized over the hosts (issue 17 item 7; these were test_reforge_script.py
+and test_forge_script.py, the same cases copied per host; Neo had no script-level test).
 
 What changes against tests/host/test_script.py: `shared.sd_model` is served as the fork serves it (forge_objects,
 patchers of our double of the fork), the Lora extension only names the networks and adds patcher entries, and the
@@ -9,6 +9,8 @@ callback, then the batched call on the pass's UNet patcher, which the host loads
 
     reForge  ComfyUI's patcher (ldm_patched double): one clone per LoRA, entries per key, shared `backup`
     Forge    `lora_patches` by file, merged by the model's `LoraLoader`, originals in its `backup`
+    Neo      Forge 2's CFG step and rows with ComfyUI's patcher (neo_double; Neo's `backend` stands in for the
+             Forge double's in sys.modules while a Neo case runs, as in test_neo_adapter.py)
 
 The reference recomputes every step the slow way: the selected LoRAs at ω × strength in patchers of their own
 (the host's loader), the weak prompt encoded and the uncond entry run alone with them; in base-checkpoint mode
@@ -23,6 +25,7 @@ import torch
 
 import reforge_model  # noqa: F401  (puts the reForge double on sys.path)
 import test_forge_adapter as fa  # noqa: F401  (puts the Forge double on sys.path)
+import test_neo_adapter as na  # Neo's double, imported under its own module names (na.NEO)
 from backend.modules.k_model import KModel
 from backend.operations import as_forge_linears
 from backend.patcher.base import ModelPatcher
@@ -34,15 +37,15 @@ from modules import processing, prompt_parser, scripts, sd_models, sd_samplers, 
 from pg_host import images, load_pg, make_p, pg_module, run
 from reforge_model import ReforgeNetworks, ReforgeSD, lora_patches
 from test_reforge_adapter import ReforgeModelView
-from fork_objects import CLIP, ForgeObjects, assert_input_error_is_a_422, hires_prompt_without
+from fork_objects import CLIP, ForgeObjects, assert_input_error_is_a_422, hires_prompt_without, lora_hash
 from tiny_sd import DIM, TextEncoder
 from tiny_unet import TinyUNet
 
-from pg_hosts import forge, reforge
+from pg_hosts import forge, forge_neo, reforge
 
 PROMPT = "a photo of sks cat <lora:subject:1> <lora:style:1>"
 FILES = {"subject": "/loras/subject.safetensors", "style": "/loras/style.safetensors"}
-HOSTS = ("reforge", "forge")
+HOSTS = ("reforge", "forge", "forge_neo")
 BASE = "origin"  # the base checkpoint's name in the WebUI's list (the loaded one is 'base', conftest.py)
 
 
@@ -85,6 +88,60 @@ class ForgeNetworks:
             return
         self.record = record
         self.model.apply_loras([(FILES[n], self.available[n], s) for (n, _), s in zip(found, self.strengths)])
+
+
+# -- Forge Neo, as its diffusion engine serves the model ------------------------------------------------
+
+class NeoSD:
+    def __init__(self):
+        torch.manual_seed(0)
+        unet = na.as_neo_layers(TinyUNet(16, DIM)).requires_grad_(False)
+        text = na.as_neo_layers(TextEncoder()).requires_grad_(False)
+        self.forge_objects = ForgeObjects(na.ModelPatcher(na.KModel(unet)), CLIP(text, na.ModelPatcher(text)))
+        self.forge_objects_original = self.forge_objects.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+        self.lowvram, self.sd_checkpoint_info, self.current_lora_hash = False, None, None
+
+    @property
+    def unet_module(self):
+        return self.forge_objects_original.unet.model.diffusion_model
+
+    def get_learned_conditioning(self, texts):
+        clip = self.forge_objects.clip
+        clip.patcher.load()  # backend/diffusion_engine/sd15.py:49-50 loads the CLIP patcher before each encode
+        return clip.cond_stage_model(texts)
+
+    def modules(self):
+        return list(self.unet_module.modules()) + list(self.forge_objects_original.clip.cond_stage_model.modules())
+
+
+class NeoNetworks:
+    """Neo's Lora extension: `load_networks` (networks.py:120-150) records the LoRAs in `current_lora_hash` and,
+    when they changed, runs `load_lora_for_models` per LoRA from the original patchers; the adapter replays it
+    through this module's `load_lora_state_dict` / `load_lora_for_models`."""
+
+    def __init__(self, model):
+        self.model, self.available, self.loaded_networks = model, {}, []
+
+    def activate(self, p, found):
+        self.loaded_networks = [types.SimpleNamespace(name=n, mentioned_name=n,
+                                                      network_on_disk=types.SimpleNamespace(filename=FILES[n]))
+                                for n, _ in found]
+        strengths = [float(args[0]) if args else 1.0 for _, args in found]
+        record = lora_hash([[FILES[n], s, s, False] for (n, _), s in zip(found, strengths)])
+        if record == self.model.current_lora_hash:
+            return
+        self.model.current_lora_hash = record
+        self.model.forge_objects = na.chain(self.model.forge_objects_original,
+                                            [(FILES[n], self.available[n], s) for (n, _), s in zip(found, strengths)])
+        self.model.forge_objects_after_applying_lora = self.model.forge_objects.shallow_copy()
+
+    def load_lora_state_dict(self, filename):
+        return dict(self.available[next(n for n, f in FILES.items() if f == filename)])
+
+    @staticmethod
+    def load_lora_for_models(*args, **kwargs):
+        return na.load_lora_for_models(*args, **kwargs)
 
 
 # -- the slow references --------------------------------------------------------------------------------
@@ -171,6 +228,37 @@ def _forge_reference(model, nets, omega, selected, text_omega=None, base=None):
     return step
 
 
+def _neo_reference(model, nets, omega, selected, text_omega=None, base=None):
+    def chain(factor):
+        return na.chain(model.forge_objects_original,
+                        [(FILES[n.name], nets.available[n.name], 1.0 * factor(n.name)) for n in nets.loaded_networks])
+
+    def step(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
+        from backend.sampling.sampling_function import calc_cond_uncond_batch as neo_batch
+
+        _, text_cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
+        w = omega(shared.state.sampling_step / max(shared.state.sampling_steps, 1)) if callable(omega) else omega
+        tw = 1.0 if w == 1.0 else w if text_omega is None else text_omega  # ω = 1: a plain CFG step
+        s = sigma[:, None, None, None]
+        x_in, t = x / (s ** 2 + 1) ** 0.5, sigma * 50
+        text = chain(lambda name: tw if name in selected else 1.0)
+        text.clip.patcher.load()
+        weak_ctx = text.clip.cond_stage_model(self.p.negative_prompts)
+        weak = chain(lambda name: w if name in selected else 1.0)
+        weak.unet.unpatch_model()  # θ' itself in the parameters (the backup is shared by every clone)
+        with BaseWeights(model.unet_module, base, w) if base else _nothing():
+            weak.unet.load()
+            u = neo_batch(weak.unet.model, [], [{"c_crossattn": weak_ctx}], x_in, t, {})[1]
+            weak.unet.unpatch_model()
+        full = chain(lambda name: 1.0)
+        full.unet.load()
+        c = neo_batch(full.unet.model, [{"c_crossattn": text_cond}], [], x_in, t, {})[0]
+        full.clip.patcher.load()  # leave the text encoder as the host had it (θ')
+        self.step += 1
+        return x - (u + (c - u) * cond_scale) * s
+    return step
+
+
 class _nothing:
     def __enter__(self):
         return None
@@ -206,22 +294,36 @@ def _forge(host):
     return model, nets, forge_cfg_step, _forge_reference, forge
 
 
+def _neo(host):
+    model = NeoSD()
+    nets = NeoNetworks(model)
+    nets.available = {"subject": na.patches(model, 21, "lora"),
+                      "style": na.patches(model, 22, "loha", only=lambda k: "attn" in k)}
+    return model, nets, forge_cfg_step, _neo_reference, forge_neo
+
+
 @pytest.fixture(params=HOSTS)
 def fork(request, host, monkeypatch):
     import networks as a1111_lora
 
     a1111_lora.uninstall()  # A1111's Lora extension merges in every layer's forward; the forks' do not
-    model, nets, cfg_step, reference, adapter = {"reforge": _reforge, "forge": _forge}[request.param](host)
+    if request.param == "forge_neo":  # the adapter and the CFG step import `backend.*` when they run: Neo's
+        for name in [k for k in sys.modules if na._is_backend(k)]:
+            monkeypatch.delitem(sys.modules, name)
+        for name, module in na.NEO.items():
+            monkeypatch.setitem(sys.modules, name, module)
+    model, nets, cfg_step, reference, adapter = {"reforge": _reforge, "forge": _forge,
+                                                 "forge_neo": _neo}[request.param](host)
     model.sd_checkpoint_info = host.sd_checkpoint_info
     monkeypatch.setattr(shared, "sd_model", model)
     monkeypatch.setitem(sys.modules, "networks", nets)
     monkeypatch.setattr(sd_samplers.CFGDenoiser, "__call__", cfg_step)
-    # reForge processing.py:283-284, Forge :263-264: `p.sd_model` is shared.sd_model
+    # reForge processing.py:283-284, Forge :263-264 (Neo the same): `p.sd_model` is shared.sd_model
     monkeypatch.setattr(processing.StableDiffusionProcessingTxt2Img, "sd_model", property(lambda p: shared.sd_model),
                         raising=False)
     original = scripts.ScriptRunner.process_before_every_sampling
 
-    def reset_then_hook(self, p, **kwargs):  # reForge processing.py:1458 -> 1462, Forge :1373 -> 1377
+    def reset_then_hook(self, p, **kwargs):  # reForge processing.py:1458 -> 1462, Forge :1373 -> 1377, Neo :1379-1383
         model.forge_objects = model.forge_objects_after_applying_lora.shallow_copy()
         return original(self, p, **kwargs)
     monkeypatch.setattr(scripts.ScriptRunner, "process_before_every_sampling", reset_then_hook)
@@ -412,10 +514,10 @@ def test_base_checkpoint_reads_the_unmerged_weights_of_the_host(fork):
     merged = layer.weight.detach().clone()
     original = fork.adapter.original_param(layer, "weight")
     assert not torch.equal(merged, original)  # the LoRAs are merged: the two differ
-    if fork.name == "reforge":
-        model.forge_objects_original.unet.unpatch_model()
-    else:
+    if fork.name == "forge":
         model.forge_objects_original.unet.lora_loader.refresh({})
+    else:
+        model.forge_objects_original.unet.unpatch_model()
     torch.testing.assert_close(layer.weight, original, atol=0, rtol=0)
     assert fork.adapter.original_param(layer, "weight") is layer.weight  # nothing merged: the parameter itself
 
