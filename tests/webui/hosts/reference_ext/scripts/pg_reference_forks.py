@@ -240,6 +240,9 @@ class PGReferenceScript(common.ReferenceScript):
                 raise RuntimeError(f"PG reference: unknown base {base!r}")
             base_file = info.filename
         setattr(p, STATE_ATTR, _State(omega, weak_prompt, loras, base_file))
+        # which reference ran: A1111's lerps the LoRA-merged weights for a base with LoRAs, this one puts the
+        # prompt's LoRAs on the lerp (PG's θ_ω); tests/webui/test_pg_webui_dreambooth.py reads this
+        p.extra_generation_params["PG reference kind"] = "forks"
 
     def first_pass(self, p, state):
         state.weak_unet, state.weak_clip = _weak_patchers(p.sd_model, state)
