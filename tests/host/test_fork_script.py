@@ -538,3 +538,26 @@ def test_base_checkpoint_on_quantized_weights_is_a_422_naming_the_tensor(fork, b
         _assert_clean(fork.model)
     finally:
         vars(layer.weight).pop("gguf_cls", None)
+
+
+def test_exact_base_mode_that_cannot_fit_is_refused_before_sampling(fork, base_file, monkeypatch):
+    """Exact mode's memory is checked before the base is read (issue 8), with the fork's own low-VRAM rule
+    (`moves_blocks_per_call`): a 422 naming 'base_mode' and the RAM it needs; low-memory mode still runs."""
+    from fastapi import HTTPException
+    from pg_ext import checkpoint
+
+    off, _ = run(fork.runner, prompt=PROMPT)
+    unet_bytes = sum(p.numel() * p.element_size() for p in fork.model.unet_module.parameters())
+    monkeypatch.setattr(checkpoint, "free_host_memory", lambda: unet_bytes)  # room for D, not also for θ_ω
+    reads = []
+    monkeypatch.setattr(pg_module(), "read_unet_tensors", lambda path: reads.append(path) or iter(()))
+    p = make_p(fork.runner, {"enabled": True, "omega": 0.3, "base_checkpoint": BASE, "base_mode": "exact"},
+               prompt=PROMPT)
+    p.is_api = True
+    with pytest.raises(HTTPException) as err:
+        processing.process_images(p)
+    assert err.value.status_code == 422 and "'base_mode'" in err.value.detail and "GiB of RAM" in err.value.detail
+    assert reads == []
+    _assert_clean(fork.model)
+    again, _ = run(fork.runner, prompt=PROMPT)
+    assert torch.equal(images(off), images(again))
