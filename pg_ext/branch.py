@@ -200,7 +200,7 @@ class WeakBranch:
             return cached[1]
         dense = [d.dense() for d in self.deltas[layer]]
         params = (_minus(layer.weight, [d.weight for d in dense], self.keep, x.device, dtype),
-                  _minus(layer.bias, [d.bias for d in dense], self.keep, x.device, dtype))
+                  _minus(getattr(layer, "bias", None), [d.bias for d in dense], self.keep, x.device, dtype))
         if self.keep_on_device:
             self._weak_params[id(layer)] = (key, params)
         return params

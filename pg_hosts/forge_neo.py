@@ -22,7 +22,8 @@ What PG relies on (file:line in that tree; see docs/forks.md §3):
   (`base.py:473-474`, shared by all clones); online or low-VRAM modules merge per forward from the
   unpatched parameter (`LowVramPatch`, :110-121, in `weight_function`). `weight_wrapper_patches`
   (:351-353) is filled by nothing in Neo's own code (no LoRA type uses it).
-* layers: `backend/operations.py` `ForgeOperations.Linear/Conv2d` subclass torch's. Weights stored
+* layers: `backend/operations.py` `ForgeOperations.Linear/Conv2d/Conv3d/RMSNorm` subclass torch's (:177-305;
+  RMSNorm with `add` uses 1 + w, :313,328-330). Weights stored
   quantized (bnb `bnb_quantized`, GGUF `gguf_cls`) or converted at load (`convert_weight` on the layer:
   mixed-precision and fp8 layouts) are not handled: PG stays off for the pass and says so.
 * text encoder: `backend/patcher/clip.py:11-27`, `clip.patcher` patches `clip.cond_stage_model`;
@@ -73,7 +74,16 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
         return merge_lora_to_weight(entries, weight, key, computation_dtype=torch.float32)
 
     return patch_deltas(patcher.patches, selected, omega, plain_layer_of(patcher.model), backup_base_of(patcher),
-                        merge)
+                        merge, row_permutations=row_permutations())
+
+
+def row_permutations() -> tuple:
+    """The entry functions of Neo's LoRA key maps that only reorder whole rows: `swap_scale_shift`
+    (`modules_forge/packages/comfy/utils.py:159-162`, on Flux/Chroma's `final_layer.adaLN_modulation.1`,
+    :267-268). PG corrects such an entry low rank with the rows of `up` permuted as the host's merge moves them."""
+    from modules_forge.packages.comfy.utils import swap_scale_shift
+
+    return (swap_scale_shift,)
 
 
 def load_one(unet_patcher, clip, target: tuple) -> tuple:

@@ -35,7 +35,7 @@ SCALE, B = 5.0, 2
 
 
 def _is_backend(name):
-    return name == "backend" or name.startswith("backend.")
+    return any(name == top or name.startswith(top + ".") for top in ("backend", "modules_forge"))
 
 
 def _import_neo_double():
@@ -48,6 +48,7 @@ def _import_neo_double():
         import backend.operations  # noqa: F401
         import backend.patcher.base  # noqa: F401
         import backend.sampling.sampling_function  # noqa: F401,E501
+        import modules_forge.packages.comfy.utils  # noqa: F401
         return {k: sys.modules.pop(k) for k in list(sys.modules) if _is_backend(k)}
     finally:
         sys.path.remove(NEO_DOUBLE)
