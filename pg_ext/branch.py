@@ -137,7 +137,15 @@ class WeakBranch:
             return None
         x = args[0]
         x = x.narrow(0, at.first, at.count) if at.is_block else x.index_select(0, at.weak)
-        first, *more = self.deltas[layer]
+        deltas = self.deltas[layer]
+        if at.is_block and not (output.requires_grad and torch.is_grad_enabled()):
+            # deltas that subtract their share straight from the weak rows (a fused weight's slices: no
+            # full-width temporary); the rest go the common way below
+            rows = output.narrow(0, at.first, at.count)
+            deltas = [d for d in deltas if not d.subtract_from(layer, x, rows, self.keep, self.keep_on_device)]
+            if not deltas:
+                return None
+        first, *more = deltas
         correction = first.contribution(layer, x, self.keep_on_device)
         for delta in more:  # not sum(): its 0 + tensor would be one more op per layer and call
             correction = correction + delta.contribution(layer, x, self.keep_on_device)

@@ -163,6 +163,11 @@ class DenseDelta:
     def dense(self) -> "DenseDelta":
         return self
 
+    def subtract_from(self, layer: nn.Module, x: torch.Tensor, rows: torch.Tensor, keep: float,
+                      keep_on_device: bool = True) -> bool:
+        """Subtract keep · contribution from `rows` in place if this form does it better; False: it does not."""
+        return False
+
     def release(self) -> None:
         """Drop the device copy made for a run (the delta itself may stay cached between jobs)."""
         self._placed.clear()
@@ -206,6 +211,10 @@ class LowRankDelta:
     def release(self) -> None:
         """Drop the device copy made for a run (the delta itself may stay cached between jobs)."""
         self._placed.clear()
+
+    def subtract_from(self, layer: nn.Module, x: torch.Tensor, rows: torch.Tensor, keep: float,
+                      keep_on_device: bool = True) -> bool:
+        return False
 
     def dense(self) -> DenseDelta:
         """The same difference as a full matrix (for merging or the exact-weights path)."""
@@ -262,6 +271,27 @@ class SlicedLowRankDelta:
             for start, part, up in zip(self.starts, parts, ups):
                 out.narrow(-1, start, up.shape[0]).add_(F.linear(part, up))
         return out if bias is None else out + bias
+
+    def subtract_from(self, layer: nn.Module, x: torch.Tensor, rows: torch.Tensor, keep: float,
+                      keep_on_device: bool = True) -> bool:
+        """rows[..., slice] −= keep · scale · up(down(x)) for each part, in place: one matrix product per part
+        written straight into its columns of the layer's output (`rows`: the weak rows, [n, ..., out]), so no
+        full-width temporary is made. False (nothing done) where that cannot be done in place."""
+        if (not is_linear(layer) or rows.dtype != x.dtype or not rows.is_contiguous()
+                or rows.shape[-1] != self.out_features or rows.numel() == 0):
+            return False
+        placed = self._placed.get((self._stacked, self.bias) + tuple(self.ups), x, keep_on_device,
+                                  scales=(1.0, 1.0) + tuple(self.scales))
+        stacked, bias, ups = placed[0], placed[1], placed[2:]
+        h = F.linear(x, stacked).reshape(-1, sum(self._ranks))
+        target = rows.view(-1, self.out_features)
+        first = 0
+        for start, rank, up in zip(self.starts, self._ranks, ups):
+            target.narrow(1, start, up.shape[0]).addmm_(h.narrow(1, first, rank), up.t(), alpha=-keep)
+            first += rank
+        if bias is not None:
+            rows.sub_(bias, alpha=keep)
+        return True
 
     def release(self) -> None:
         self._placed.clear()
