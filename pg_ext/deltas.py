@@ -41,9 +41,23 @@ def is_rms_norm(layer: nn.Module) -> bool:
     return RMS_NORM is not None and isinstance(layer, RMS_NORM)
 
 
-def is_supported(layer: nn.Module) -> bool:
-    """Whether PG can correct this layer type row by row."""
+def is_supported(layer: nn.Module, every_row_weak: bool = False) -> bool:
+    """Whether PG can correct this layer type row by row.
+
+    An Embedding (y = W[ids], linear in W) only where every row is weak, the weak prompt's encode: its ids need
+    not carry the call's rows first (T5's relative-position buckets are [L, L]), and `max_norm` rescales W's rows.
+    """
+    if isinstance(layer, nn.Embedding):
+        return every_row_weak and layer.max_norm is None
     return isinstance(layer, SUPPORTED_LAYERS) or is_linear(layer)
+
+
+def _compute_dtype(layer: nn.Module, x: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype a correction is computed in: the input's, or for token ids (an Embedding) the weight's."""
+    if x.is_floating_point():
+        return None
+    weight = getattr(layer, "weight", None)
+    return weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
 
 
 def difference_dtype(storage: torch.dtype) -> torch.dtype:
@@ -75,6 +89,10 @@ def layer_op(layer: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor],
         if bias is not None:
             raise TypeError("an RMSNorm has no bias")
         return F.rms_norm(x, layer.normalized_shape, weight, layer.eps)
+    if isinstance(layer, nn.Embedding):
+        if bias is not None or layer.max_norm is not None:
+            raise TypeError("an Embedding has no bias; one with max_norm is not linear in its weight")
+        return F.embedding(x, weight, layer.padding_idx)
     raise TypeError(f"unsupported layer type {type(layer).__name__}")
 
 
@@ -155,7 +173,7 @@ class DenseDelta:
         With only the bias changed the change is Δb on the layer's channel dimension, returned unexpanded
         (broadcastable to the output, not of its shape): one add on the weak rows instead of the layer's op.
         """
-        weight, bias = self._placed.get((self.weight, self.bias), x, keep)
+        weight, bias = self._placed.get((self.weight, self.bias), x, keep, dtype=_compute_dtype(layer, x))
         if weight is None:
             return bias_change(layer, x, bias)
         return layer_op(layer, x, weight, bias)
@@ -178,10 +196,10 @@ class DenseDelta:
 
 @dataclasses.dataclass
 class LowRankDelta:
-    """D = scale · up @ down for a Linear, Conv2d or Conv3d (LoRA/LoCon layout), plus an optional bias delta.
+    """D = scale · up @ down for a Linear, Conv2d, Conv3d or Embedding (LoRA/LoCon layout), plus an optional bias delta.
 
     Linear: down [r, in], up [out, r]. Conv: down [r, in, *kernel] (runs with the layer's stride,
-    padding and dilation), up [out, r, 1, 1(, 1)].
+    padding and dilation), up [out, r, 1, 1(, 1)]. Embedding: up [num, r], down [r, dim] (no bias).
     """
 
     down: torch.Tensor
@@ -193,9 +211,12 @@ class LowRankDelta:
     def contribution(self, layer: nn.Module, x: torch.Tensor, keep: bool = True) -> torch.Tensor:
         """scale · up(down(x)) (+ bias): the cheap form, r channels in the middle instead of a full matmul."""
         # `up` is placed with the scale folded in: one op less per layer and call than scaling the output
-        down, up, bias = self._placed.get((self.down, self.up, self.bias), x, keep, scales=(1.0, self.scale, 1.0))
+        down, up, bias = self._placed.get((self.down, self.up, self.bias), x, keep, scales=(1.0, self.scale, 1.0),
+                                          dtype=_compute_dtype(layer, x))
         if is_linear(layer):
             out = F.linear(F.linear(x, down), up)
+        elif isinstance(layer, nn.Embedding):  # D = up [num, r] @ down [r, dim]: rows of up, then one product
+            return F.embedding(x, up, layer.padding_idx) @ down
         elif isinstance(layer, _CONVS):
             if layer.groups != 1:
                 raise NotImplementedError("low-rank deltas on grouped convolutions are not supported")
@@ -311,11 +332,11 @@ class SlicedLowRankDelta:
 LayerDelta = Union[DenseDelta, LowRankDelta, SlicedLowRankDelta]
 
 
-def _like(t: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+def _like(t: Optional[torch.Tensor], device: torch.device, dtype: torch.dtype) -> Optional[torch.Tensor]:
     if t is None:
         return None
-    if t.device != x.device or t.dtype != x.dtype:
-        return t.to(device=x.device, dtype=x.dtype, non_blocking=True)
+    if t.device != device or t.dtype != dtype:
+        return t.to(device=device, dtype=dtype, non_blocking=True)
     return t
 
 
@@ -326,13 +347,14 @@ class _Placed:
         self.key: tuple = ()
         self.tensors: tuple = ()
 
-    def get(self, tensors: tuple, x: torch.Tensor, keep: bool = True, scales: Optional[tuple] = None) -> tuple:
-        """`tensors` on x's device and dtype, each times its entry of `scales` (the originals are never changed);
-        `keep=False` (lowvram) makes a transient copy per call."""
-        key = (x.device, x.dtype)
+    def get(self, tensors: tuple, x: torch.Tensor, keep: bool = True, scales: Optional[tuple] = None,
+            dtype: Optional[torch.dtype] = None) -> tuple:
+        """`tensors` on x's device and dtype (or `dtype`), each times its entry of `scales` (the originals are never
+        changed); `keep=False` (lowvram) makes a transient copy per call."""
+        key = (x.device, dtype or x.dtype)
         if keep and key == self.key:
             return self.tensors
-        placed = tuple(_like(t, x) for t in tensors)
+        placed = tuple(_like(t, x.device, key[1]) for t in tensors)
         if scales is not None:
             placed = tuple(t if t is None or s == 1.0 else t * s for t, s in zip(placed, scales))
         if keep:

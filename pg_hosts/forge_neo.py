@@ -65,8 +65,9 @@ def scheduling_args() -> tuple:
     return ()
 
 
-def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
-    """θ' − θ_ω per layer of the patcher's model, from its entries, merged by Neo's own function."""
+def patcher_deltas(patcher, selected: set[int], omega: float, every_row_weak: bool = False) -> dict:
+    """θ' − θ_ω per layer of the patcher's model, from its entries, merged by Neo's own function
+    (`every_row_weak`: for the text encoder, whose weak encode has only weak rows)."""
     import torch
     from backend.patcher.lora import merge_lora_to_weight
 
@@ -74,7 +75,7 @@ def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
         return merge_lora_to_weight(entries, weight, key, computation_dtype=torch.float32)
 
     return patch_deltas(patcher.patches, selected, omega, plain_layer_of(patcher.model), backup_base_of(patcher),
-                        merge, row_permutations=row_permutations())
+                        merge, row_permutations=row_permutations(), every_row_weak=every_row_weak)
 
 
 def row_permutations() -> tuple:

@@ -75,6 +75,9 @@ def _fits(layer: nn.Module, up: torch.Tensor, down: torch.Tensor) -> bool:
                 and tuple(up.shape[2:]) == (1,) * spatial
                 and up.shape[0] == layer.out_channels and down.shape[1] == layer.in_channels
                 and tuple(down.shape[2:]) == tuple(layer.kernel_size))
+    if isinstance(layer, nn.Embedding):
+        return up.dim() == 2 and down.dim() == 2 and up.shape[0] == layer.num_embeddings \
+            and down.shape[1] == layer.embedding_dim
     return False
 
 
@@ -250,8 +253,8 @@ DENSE_DIFFERENCES = DenseDifferences()  # one per process, like the host's own m
 def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[int], omega: float,
                  layer_of: Callable[[str], Optional[tuple[nn.Module, str]]],
                  base_of: Callable[[str], torch.Tensor], merge: Merge,
-                 cache: DenseDifferences = DENSE_DIFFERENCES, row_permutations: Collection[Callable] = ()
-                 ) -> dict[nn.Module, list[LayerDelta]]:
+                 cache: DenseDifferences = DENSE_DIFFERENCES, row_permutations: Collection[Callable] = (),
+                 every_row_weak: bool = False) -> dict[nn.Module, list[LayerDelta]]:
     """Layer -> differences of the selected entries (ids in `selected`) for every patched Linear/conv/norm.
 
     `layer_of(key)` gives (module, parameter name) or None; `base_of(key)` the parameter without any
@@ -259,6 +262,8 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
     NotImplementedError (the adapter runs the pass as plain CFG and says why). Dense differences come
     from `cache` when it holds them for the same entries and ω. `row_permutations`: the host's entry
     functions that only reorder whole rows (the low-rank path permutes `up`; other functions go dense).
+    `every_row_weak`: the deltas serve a call whose rows are all weak (the weak prompt's encode), where an
+    Embedding can be corrected too (`is_supported`).
     """
     if not 0.0 <= omega <= 1.0:
         raise ValueError(f"omega must be in [0, 1], got {omega!r}")
@@ -269,7 +274,7 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
     for key, entries in patches.items():
         if not any(id(e) in selected for e in entries):
             continue
-        layer, name = _placed(key, layer_of(key))
+        layer, name = _placed(key, layer_of(key), every_row_weak)
         low = _low_rank(key, layer, entries, selected, merge, row_permutations) if name == "weight" else None
         if low is not None:
             weights[layer] = low
@@ -281,15 +286,17 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
     return {layer: _join(layer, weights.get(layer), biases.get(layer)) for layer in {**weights, **biases}}
 
 
-def _placed(key: str, found: Optional[tuple[nn.Module, str]]) -> tuple[nn.Module, str]:
+def _placed(key: str, found: Optional[tuple[nn.Module, str]], every_row_weak: bool = False
+            ) -> tuple[nn.Module, str]:
     """The (layer, parameter) a selected entry patches; NotImplementedError naming both when PG cannot
     correct it: skipping it would leave the weak rows a mix of θ' and θ_ω on that layer."""
     if found is None:
         raise NotImplementedError(f"{key} is patched by a selected LoRA but is not a parameter PG can find")
     layer, name = found
-    if not is_supported(layer) or name not in ("weight", "bias"):
+    if not is_supported(layer, every_row_weak) or name not in ("weight", "bias"):
+        where = " outside the text encoder" if isinstance(layer, nn.Embedding) and name == "weight" else ""
         raise NotImplementedError(f"{key} ({type(layer).__name__}.{name}) is patched by a selected LoRA; "
-                                  "PG cannot correct that layer type yet")
+                                  f"PG cannot correct that layer type{where} yet")
     return layer, name
 
 

@@ -364,17 +364,44 @@ def test_multidiffusion_tiles_keep_the_weak_rows(monkeypatch, tile_batch):
     torch.testing.assert_close(out, reference(model, 0.3, {"subject"}, False, options=options), atol=2e-5, rtol=1e-5)
 
 
-def test_a_layer_pg_cannot_correct_stops_pg_with_its_name_not_a_silent_mix(monkeypatch):
-    """Issue 17 item 6: an Embedding (or Conv3d, RMSNorm, a raw parameter) patched by the selected LoRA was
-    skipped, so the weak rows had θ' there and θ_ω elsewhere."""
+def test_a_text_encoder_embedding_is_corrected_in_the_weak_encode(monkeypatch):
+    """Issue 18 item 2 (P2c): an Embedding the selected LoRA patches in the text encoder (Anima's LLM adapter,
+    an LLM's token table) is weakened in the weak prompt's encode, where every row is weak. Issue 17 item 6
+    stopped PG there; before that it was skipped, a silent mix."""
     model = NeoModel()
     weights = _weights(model)
     subject = patches(model, 11, "lora")
     subject["embed.weight"] = LoRAAdapter(torch.randn(64, 2) * 0.3, torch.randn(2, 12) * 0.3, 1.0)
-    model.apply_loras([(lora_file("subject"), subject, 1.0)])
+    loras = [(lora_file("subject"), subject, 1.0)]
+    model.apply_loras(loras)
     assert "embed.weight" in model.forge_objects_after_applying_lora.clip.patcher.patches  # the host loads it
     _networks(monkeypatch, model, ("subject",))
-    with pytest.raises(NotImplementedError, match=r"embed\.weight \(Embedding\.weight\).*cannot correct"):
+    out, plan, before = run_pg(model, 0.3)
+    torch.testing.assert_close(out, reference(model, 0.3, {"subject"}, False, loras=loras), atol=2e-5, rtol=1e-5)
+    _assert_nothing_left(model, before, weights)
+
+
+@pytest.mark.parametrize("where", ["unet_embedding", "raw_parameter"])
+def test_a_layer_pg_cannot_correct_stops_pg_with_its_name_not_a_silent_mix(monkeypatch, where):
+    """Issue 17 item 6: a layer PG cannot correct (an Embedding whose ids need not have the call's rows first,
+    a raw parameter such as Wan's `modulation`) patched by the selected LoRA was skipped, so the weak rows had
+    θ' there and θ_ω elsewhere. Now PG stops for the pass and names it."""
+    model = NeoModel()
+    unet = model.forge_objects_original.unet.model.diffusion_model
+    if where == "unet_embedding":
+        unet.label_emb = nn.Embedding(10, 12).requires_grad_(False)
+        key, patch, reason = "diffusion_model.label_emb.weight", \
+            LoRAAdapter(torch.randn(10, 2) * 0.3, torch.randn(2, 12) * 0.3, 1.0), r"\(Embedding\.weight\).*outside"
+    else:
+        unet.modulation = nn.Parameter(torch.zeros(1, 6, 12), requires_grad=False)
+        key, patch, reason = "diffusion_model.modulation", ("diff", (torch.randn(1, 6, 12) * 0.1,)), r"modulation.*cannot"
+    weights = _weights(model)
+    subject = patches(model, 11, "lora")
+    subject[key] = patch
+    model.apply_loras([(lora_file("subject"), subject, 1.0)])
+    assert key in model.forge_objects_after_applying_lora.unet.patches  # the host loads it
+    _networks(monkeypatch, model, ("subject",))
+    with pytest.raises(NotImplementedError, match=reason):
         run_pg(model, 0.3)
     _assert_nothing_left(model, model.forge_objects_after_applying_lora.unet, weights)
 

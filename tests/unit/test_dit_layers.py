@@ -399,3 +399,52 @@ def test_the_new_corrections_need_no_device_sync():
         with SyncCounter() as counter:
             forward(x)
     assert counter.count == 0, counter.ops
+
+
+# -- P2c: Embedding, in the weak prompt's encode (every row weak) ------------------------------------------
+
+def _embedding_entries(layer, form, seed):
+    if form == "lora":  # ComfyUI's LoRA on an embedding table: up [num, r] @ down [r, dim]
+        gen = torch.Generator().manual_seed(seed)
+        up = torch.randn(layer.num_embeddings, 2, generator=gen, dtype=torch.float64) * 0.3
+        down = torch.randn(2, layer.embedding_dim, generator=gen, dtype=torch.float64) * 0.3
+        return entry(("lora", (up, down, 1.0, None, None)))
+    return entry(diff(tuple(layer.weight.shape), seed))
+
+
+@pytest.mark.parametrize("form", ["lora", "diff"])
+@pytest.mark.parametrize("exact", [False, True])
+def test_embedding_entries_are_corrected_in_the_weak_prompts_encode(form, exact):
+    from pg_ext.branch import ALL_ROWS
+
+    layer = nn.Embedding(20, 8, padding_idx=0).double()
+    subject = _embedding_entries(layer, form, 160)
+    style = (0.7,) + _embedding_entries(layer, form, 161)[1:]  # an unselected LoRA on the same table
+    base = layer.weight.detach().clone()
+    model = Model(copy.deepcopy(layer))
+    tuned, weak = copy.deepcopy(layer), copy.deepcopy(layer)
+    with torch.no_grad():
+        tuned.weight.copy_(merge([style, subject], base.clone(), "w"))
+        weak.weight.copy_(merge([style, (subject[0] * 0.3,) + subject[1:]], base.clone(), "w"))
+        model.layer.weight.copy_(tuned.weight)
+    deltas = patch_deltas({"layer.weight": [style, subject]}, {id(subject)}, 0.3, lambda key: (model.layer, "weight"),
+                          lambda key: base, merge, cache=_NoCache(), every_row_weak=True)
+    (delta,) = deltas[model.layer]
+    assert isinstance(delta, LowRankDelta if form == "lora" else DenseDelta)  # was NotImplementedError
+    ids = torch.randint(0, 20, (3, 7), generator=torch.Generator().manual_seed(162))
+    with torch.no_grad(), WeakBranch(0.3, deltas, exact_weights=exact) as branch:
+        branch.mask = ALL_ROWS
+        got = model.layer(ids)
+    torch.testing.assert_close(got, weak(ids), rtol=2e-6, atol=2e-6)
+    assert (got - tuned(ids)).abs().max() > 1e-3
+
+
+def test_an_embedding_in_a_marked_call_or_with_max_norm_stops_pg():
+    """Outside the weak encode an Embedding's ids need not carry the call's rows first (T5's [L, L] relative
+    buckets); `max_norm` rescales rows of the table it looks up: not linear in the weight."""
+    for layer, every_row_weak, reason in ((nn.Embedding(20, 8), False, "outside the text encoder"),
+                                          (nn.Embedding(20, 8, max_norm=1.0), True, "Embedding.weight")):
+        subject = _embedding_entries(layer, "diff", 170)
+        with pytest.raises(NotImplementedError, match=reason):
+            patch_deltas({"layer.weight": [subject]}, {id(subject)}, 0.3, lambda key: (layer, "weight"),
+                         lambda key: layer.weight, merge, cache=_NoCache(), every_row_weak=every_row_weak)
