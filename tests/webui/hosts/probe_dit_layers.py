@@ -11,7 +11,9 @@ q/k norms, LayerNorm). LoRA files in the formats people share (diffusers/ai-tool
 the same fused weights. The host patches the model (`ModelPatcher.patch_model`); PG's deltas
 (`forge_neo.patcher_deltas`) hook it, and one forward of 2 rows [cond, uncond] must give θ' on row 0 and
 θ_ω on row 1, where θ_ω is the loader run again with the subject at ω × strength, merged by Neo's
-`merge_lora_to_weight`. A Wan LoRA on the raw `modulation` parameter must stop PG with its name.
+`merge_lora_to_weight`. A Wan LoRA on the raw `modulation` parameter must stop PG with its name. On the
+text side, an encoder of Neo's Embedding, `add` RMSNorm and Linear, patched by generic `text_encoders.` keys,
+must give θ_ω in PG's weak encode (every row weak).
 
 Prints PASS/FAIL per case; exit 1 on any FAIL.
 """
@@ -240,6 +242,56 @@ def case(name, directory, make, subject, style, inputs, expect, omega):
           f"(θ' vs θ_ω on that row: {moved:.1e})")
 
 
+def text_encoder_case(directory, omega):
+    """The text side (P1c, P2c): an LLM-like encoder of Neo's classes, an Embedding (Anima's LLM adapter
+    `nn/anima.py:637,655`), an RMSNorm with `add` (Gemma's, `nn/llm/llama.py:363-366`) and a Linear, patched by
+    a LoRA's generic `text_encoders.` keys (`comfy/lora.py:115-117`) through Neo's loader: PG's weak encode
+    (every row weak) must equal the encoder with the subject at ω × strength."""
+    with using_forge_operations(device=torch.device("cpu"), dtype=torch.float32):
+        text = nn.Module()
+        text.embed = nn.Embedding(50, 16)
+        text.norm = nn.RMSNorm(16, eps=1e-6, add=True)
+        text.fc = nn.Linear(16, 16)
+    text = randomized(text, 3)
+    assert isinstance(text.embed, ForgeOperations.Embedding) and text.norm.add
+
+    def encode(module, ids):
+        return module.fc(module.norm(module.embed(ids)))
+
+    gen = torch.Generator().manual_seed(10)
+    sd = {}
+    lora_pair(sd, "text_encoders.llm.embed", 50, 16, gen, "lora_up", "lora_down")  # up [num, r] @ down [r, dim]
+    lora_pair(sd, "text_encoders.llm.fc", 16, 16, gen, "lora_up", "lora_down")
+    sd["text_encoders.llm.norm.diff"] = torch.randn(16, generator=gen) * 0.2
+    unet_model = Model(nn.Module(), "pg/none", {})
+    original = Objects(ModelPatcher(unet_model, torch.device("cpu"), torch.device("cpu")), CLIP({"llm": text}))
+    path = write(directory, "text_subject", sd)
+    after = load(original, [[path, 1.0, 1.0, False]])
+    weak = load(original, [[path, omega, omega, False]])
+    root = after.clip.patcher.model
+    tuned_ref, weak_ref = merged_copy(root, after.clip.patcher.patches), merged_copy(root, weak.clip.patcher.patches)
+    ids = torch.randint(0, 50, (2, 7), generator=gen)
+    after.clip.patcher.patch_model(device_to=torch.device("cpu"))
+    try:
+        chosen = {id(e) for entries in after.clip.patcher.patches.values() for e in entries}
+        try:
+            deltas = forge_neo.patcher_deltas(after.clip.patcher, chosen, omega, every_row_weak=True)
+        except (NotImplementedError, TypeError) as error:
+            check(f"text_encoder ω={omega}", False, f"PG refused: {error}")
+            return
+        got_kinds = kinds(deltas, root)
+        with torch.no_grad(), WeakBranch(omega, deltas) as branch:
+            branch.mask = "all"
+            out = encode(root.llm, ids)
+        want = encode(weak_ref.llm, ids)
+        moved = float((encode(tuned_ref.llm, ids) - want).abs().max())
+        err = float((out - want).abs().max())
+    finally:
+        after.clip.patcher.unpatch_model(device_to=torch.device("cpu"))
+    check(f"text_encoder ω={omega}", err < 1e-5 and moved > 1e-3, f"delta kinds {got_kinds}; weak encode vs θ_ω "
+          f"encoder {err:.1e} (θ' vs θ_ω: {moved:.1e})")
+
+
 def swap_order():
     """How Neo's merge moves the rows of a swap_scale_shift entry on the 2H-row final adaLN (information)."""
     from pg_hosts.patches import _row_permutation
@@ -310,6 +362,7 @@ with tempfile.TemporaryDirectory() as tmp:
          {"lora_unet_blocks_0_ffn_2.lora_up.weight": torch.zeros(64, 2),
           "lora_unet_blocks_0_ffn_2.lora_down.weight": torch.zeros(2, 128)}, wan_inputs, WAN_ALONE, 0.3)
     refusal(tmp)
+    text_encoder_case(tmp, 0.3)
     swap_order()
 
 print(f"{'FAIL' if failures else 'PASS'}: {failures} failure(s)")
