@@ -74,8 +74,27 @@ def patcher_deltas(patcher, selected: set[int], omega: float, every_row_weak: bo
     def merge(entries, weight, key):
         return merge_lora_to_weight(entries, weight, key, computation_dtype=torch.float32)
 
-    return patch_deltas(patcher.patches, selected, omega, plain_layer_of(patcher.model), backup_base_of(patcher),
+    patches = {key: entries for key, entries in patcher.patches.items() if not never_merged(patcher.model, key)}
+    return patch_deltas(patches, selected, omega, plain_layer_of(patcher.model), backup_base_of(patcher),
                         merge, row_permutations=row_permutations(), every_row_weak=every_row_weak)
+
+
+def never_merged(model, key: str) -> bool:
+    """Whether Neo's loader leaves this key's patches out of the weights it loads.
+
+    `ModelPatcher._load_list` (`backend/patcher/base.py:512-521`) lists only modules whose parameters are all
+    their own, and `load` merges the parameters of listed modules only (:620-640; low-VRAM: their `.weight` and
+    `.bias`, :562-591). So a LoRA key on a raw parameter of a module with children (Wan's `blocks.N.modulation`
+    and `head.modulation`, Lumina's / Z-Image's `x_pad_token`, `cap_pad_token`) stays in `patches` and is never
+    merged: θ' and θ_ω (the loader at ω × strength) both lack it, and PG leaves it alone.
+    """
+    path, _, name = key.rpartition(".")
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return False  # not a parameter at all: patch_deltas says so
+    own = {n for n, _ in module.named_parameters(recurse=False)}
+    return name in own and any(n not in own for n, _ in module.named_parameters())
 
 
 def row_permutations() -> tuple:
