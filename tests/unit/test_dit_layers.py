@@ -504,3 +504,30 @@ def test_a_raw_parameter_without_a_declared_input_still_stops_pg():
     subject = entry(diff((1, 6, 8), 190))
     with pytest.raises(NotImplementedError, match=r"layer\.modulation \(ModulatedBlock\.modulation\)"):
         build(layer, {"layer.modulation": [subject]}, [subject], 0.3)
+
+
+def test_the_layer_table_imports_without_rms_norm_as_on_torch_2_1():
+    """The shipped floor is torch 2.1, which has no nn.RMSNorm: nothing may name it outright."""
+    import subprocess
+    import sys
+
+    code = ("import torch.nn as nn; del nn.RMSNorm; import pg_ext.deltas as d, pg_hosts.patches; "
+            "assert d.RMS_NORM is None and not d.is_rms_norm(nn.LayerNorm(4)); "
+            "assert d.is_supported(nn.Conv3d(2, 2, 1)) and not d.is_supported(nn.Embedding(3, 2)); print('ok')")
+    root = __file__.rsplit("/tests/", 1)[0]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_input_shift_needs_no_device_sync():
+    layer = ModulatedBlock().double()
+    subject = entry(diff((1, 6, 8), 200))
+    tuned, _, deltas = build(layer, {"layer.modulation": [subject]}, [subject], 0.3, input_of=_block_input_of)
+    x, e = torch.randn(4, 5, 8, dtype=torch.float64), torch.randn(4, 1, 6, 8, dtype=torch.float64)
+    for mask in ([False, False, True, True], [False, True, False, True]):
+        with torch.no_grad(), WeakBranch(0.3, deltas) as branch:
+            branch.mask = torch.tensor(mask)
+            tuned(x, e=e)
+            with SyncCounter() as counter:
+                tuned(x, e=e)
+        assert counter.count == 0, counter.ops
