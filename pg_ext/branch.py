@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .deltas import DenseDelta, LayerDelta, weak_rows_op
+from .deltas import DenseDelta, InputDelta, LayerDelta, weak_rows_op
 from .rows import RowLayout, WeakRows
 
 log = logging.getLogger("personalization_guidance")
@@ -40,7 +40,16 @@ class WeakBranch:
     def __init__(self, omega: float, deltas: Mapping[nn.Module, Sequence[LayerDelta] | ParamDeltas],
                  exact_weights: bool = False, keep_on_device: bool = True):
         self.set_omega(omega)
-        self.deltas = dict(deltas)
+        # input shifts (a raw parameter the module adds to an input) run before the module, the rest after it
+        self.inputs: dict[nn.Module, list[InputDelta]] = {}
+        self.deltas: dict = {}
+        for layer, found in deltas.items():
+            shifts = [] if isinstance(found, ParamDeltas) else [d for d in found if isinstance(d, InputDelta)]
+            rest = found if isinstance(found, ParamDeltas) else [d for d in found if not isinstance(d, InputDelta)]
+            if shifts:
+                self.inputs[layer] = shifts
+            if rest:
+                self.deltas[layer] = rest
         self.exact_weights = exact_weights
         # lowvram: the host moves each block to the GPU only while it runs; so do we (no device caches)
         self.keep_on_device = keep_on_device
@@ -86,6 +95,8 @@ class WeakBranch:
         """Register the hooks (idempotent)."""
         if self._handles or self.keep == 0.0:  # built at ω = 1: it never acts (a schedule builds at its lowest ω)
             return self
+        for layer in self.inputs:
+            self._handles.append(layer.register_forward_pre_hook(self._input_hook, with_kwargs=True))
         for layer, deltas in self.deltas.items():
             if isinstance(deltas, ParamDeltas):
                 self._handles.append(layer.register_forward_hook(self._recompute_hook, with_kwargs=True))
@@ -104,7 +115,7 @@ class WeakBranch:
         self._handles.clear()
         self._stash.clear()
         self._weak_params.clear()
-        for deltas in self.deltas.values():
+        for deltas in list(self.deltas.values()) + list(self.inputs.values()):
             if not isinstance(deltas, ParamDeltas):
                 for delta in deltas:
                     delta.release()  # the deltas may live on in a cache between jobs; their device copies must not
@@ -137,7 +148,15 @@ class WeakBranch:
             return None
         x = args[0]
         x = x.narrow(0, at.first, at.count) if at.is_block else x.index_select(0, at.weak)
-        first, *more = self.deltas[layer]
+        deltas = self.deltas[layer]
+        if at.is_block and not (output.requires_grad and torch.is_grad_enabled()):
+            # deltas that subtract their share straight from the weak rows (a fused weight's slices: no
+            # full-width temporary); the rest go the common way below
+            rows = output.narrow(0, at.first, at.count)
+            deltas = [d for d in deltas if not d.subtract_from(layer, x, rows, self.keep, self.keep_on_device)]
+            if not deltas:
+                return None
+        first, *more = deltas
         correction = first.contribution(layer, x, self.keep_on_device)
         for delta in more:  # not sum(): its 0 + tensor would be one more op per layer and call
             correction = correction + delta.contribution(layer, x, self.keep_on_device)
@@ -153,6 +172,27 @@ class WeakBranch:
         else:
             output.index_add_(0, at.weak, correction, alpha=-self.keep)
         return None
+
+    # -- input shifts ----------------------------------------------------------------------------
+
+    def _input_hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        """Shift the weak rows of the inputs the module adds a corrected raw parameter to (`InputDelta`)."""
+        if self.rows is None or self.keep == 0.0:
+            return None
+        for delta in self.inputs[module]:
+            by_name = delta.argument in kwargs
+            value = kwargs[delta.argument] if by_name else args[delta.position] if len(args) > delta.position else None
+            if not isinstance(value, torch.Tensor):
+                continue  # the module is called without that input: it cannot add the parameter to it either
+            at = self._layout(value)
+            if at is None:
+                continue
+            value = delta.shifted(value, at, self.keep, self.keep_on_device)
+            if by_name:
+                kwargs = {**kwargs, delta.argument: value}
+            else:
+                args = args[:delta.position] + (value,) + args[delta.position + 1:]
+        return args, kwargs
 
     # -- exact-weights path ----------------------------------------------------------------------
 
@@ -200,7 +240,7 @@ class WeakBranch:
             return cached[1]
         dense = [d.dense() for d in self.deltas[layer]]
         params = (_minus(layer.weight, [d.weight for d in dense], self.keep, x.device, dtype),
-                  _minus(layer.bias, [d.bias for d in dense], self.keep, x.device, dtype))
+                  _minus(getattr(layer, "bias", None), [d.bias for d in dense], self.keep, x.device, dtype))
         if self.keep_on_device:
             self._weak_params[id(layer)] = (key, params)
         return params

@@ -1,20 +1,27 @@
 """Weight differences θ' − θ of one layer, and what they contribute to the layer's output.
 
-Linear, Conv2d, GroupNorm and LayerNorm are affine in their parameters, so a layer evaluated with
-W + D equals the layer with W plus `contribution(D, x)` — the same op run with D as its parameters
-(and no bias for the normalisation part of a norm). That identity is what lets the weak rows of a
-batch be corrected layer by layer: y_weak = y' − (1 − ω)·contribution(D, x).
+Linear, Conv2d, Conv3d, GroupNorm, LayerNorm and RMSNorm are affine in their parameters, so a layer
+evaluated with W + D equals the layer with W plus `contribution(D, x)` — the same op run with D as its
+parameters (and no bias for the normalisation part of a norm). That identity is what lets the weak rows
+of a batch be corrected layer by layer: y_weak = y' − (1 − ω)·contribution(D, x).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.LayerNorm)
+if TYPE_CHECKING:
+    from .rows import RowLayout
+
+# torch.nn.RMSNorm exists from torch 2.4 on (the DiT hosts' floor); the shipped floor is torch 2.1, where no
+# layer can be one, so it is looked up, never named.
+RMS_NORM: Optional[type] = getattr(nn, "RMSNorm", None)
+SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.Conv3d, nn.GroupNorm, nn.LayerNorm) + ((RMS_NORM,) if RMS_NORM else ())
+_CONVS = (nn.Conv2d, nn.Conv3d)
 _LINEAR_LIKE: list[type] = []  # host layer classes that are a Linear in all but their base class
 
 
@@ -32,9 +39,28 @@ def is_linear(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Linear) or isinstance(layer, tuple(_LINEAR_LIKE))
 
 
-def is_supported(layer: nn.Module) -> bool:
-    """Whether PG can correct this layer type row by row."""
+def is_rms_norm(layer: nn.Module) -> bool:
+    """torch's RMSNorm or a subclass (Forge Neo's `backend/operations.py:305` RMSNorm, which may add 1 to its weight)."""
+    return RMS_NORM is not None and isinstance(layer, RMS_NORM)
+
+
+def is_supported(layer: nn.Module, every_row_weak: bool = False) -> bool:
+    """Whether PG can correct this layer type row by row.
+
+    An Embedding (y = W[ids], linear in W) only where every row is weak, the weak prompt's encode: its ids need
+    not carry the call's rows first (T5's relative-position buckets are [L, L]), and `max_norm` rescales W's rows.
+    """
+    if isinstance(layer, nn.Embedding):
+        return every_row_weak and layer.max_norm is None
     return isinstance(layer, SUPPORTED_LAYERS) or is_linear(layer)
+
+
+def _compute_dtype(layer: nn.Module, x: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype a correction is computed in: the input's, or for token ids (an Embedding) the weight's."""
+    if x.is_floating_point():
+        return None
+    weight = getattr(layer, "weight", None)
+    return weight.dtype if weight is not None and weight.is_floating_point() else torch.float32
 
 
 def difference_dtype(storage: torch.dtype) -> torch.dtype:
@@ -50,22 +76,33 @@ def layer_op(layer: nn.Module, x: torch.Tensor, weight: Optional[torch.Tensor],
     """The layer's own functional op on `x` with the given parameters (any may be None)."""
     if is_linear(layer):
         return F.linear(x, weight, bias)
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, _CONVS):
         if layer.padding_mode != "zeros":
-            raise NotImplementedError(f"Conv2d padding_mode={layer.padding_mode!r} is not supported")
-        return F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+            raise NotImplementedError(f"{type(layer).__name__} padding_mode={layer.padding_mode!r} is not supported")
+        conv = F.conv3d if isinstance(layer, nn.Conv3d) else F.conv2d
+        return conv(x, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
     if isinstance(layer, nn.GroupNorm):
         # GroupNorm32 in ldm/sgm computes in float32; follow it so the correction matches.
         return F.group_norm(x.float(), layer.num_groups, _float(weight), _float(bias), layer.eps).to(x.dtype)
     if isinstance(layer, nn.LayerNorm):
         return F.layer_norm(x, layer.normalized_shape, weight, bias, layer.eps)
+    if is_rms_norm(layer):
+        # x / rms(x) · w: linear in w, so with w = Δw it is the correction. Neo's `add` layers use 1 + w
+        # (operations.py:313,328-330); the 1 is no part of a difference: `weak_rows_op` adds it for whole weights.
+        if bias is not None:
+            raise TypeError("an RMSNorm has no bias")
+        return F.rms_norm(x, layer.normalized_shape, weight, layer.eps)
+    if isinstance(layer, nn.Embedding):
+        if bias is not None or layer.max_norm is not None:
+            raise TypeError("an Embedding has no bias; one with max_norm is not linear in its weight")
+        return F.embedding(x, weight, layer.padding_idx)
     raise TypeError(f"unsupported layer type {type(layer).__name__}")
 
 
 def bias_change(layer: nn.Module, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Δb of `layer` shaped to broadcast over its output on `x`: every supported layer adds its bias per
-    output channel (dim 1 of a Conv2d/GroupNorm output, the trailing dims of a Linear/LayerNorm output)."""
-    if isinstance(layer, (nn.Conv2d, nn.GroupNorm)):
+    output channel (dim 1 of a Conv2d/Conv3d/GroupNorm output, the trailing dims of a Linear/LayerNorm output)."""
+    if isinstance(layer, _CONVS + (nn.GroupNorm,)):
         return bias.reshape((-1,) + (1,) * (x.dim() - 2))
     if is_linear(layer) or isinstance(layer, nn.LayerNorm):
         return bias
@@ -84,6 +121,8 @@ def weak_rows_op(layer: nn.Module, x: torch.Tensor, weight: Optional[torch.Tenso
     """`layer_op` for the weak rows of the exact-weights path: same math, the faster kernel for their shape."""
     if isinstance(layer, nn.Conv2d) and x.device.type == "cpu" and _small_conv(layer, x):
         return _conv2d_unfolded(layer, x, weight, bias)
+    if is_rms_norm(layer) and getattr(layer, "add", False) and weight is not None:
+        weight = weight + 1.0  # a whole weight of Neo's `add` RMSNorm (llama.py's Gemma layers) acts as 1 + w
     return layer_op(layer, x, weight, bias)
 
 
@@ -137,13 +176,18 @@ class DenseDelta:
         With only the bias changed the change is Δb on the layer's channel dimension, returned unexpanded
         (broadcastable to the output, not of its shape): one add on the weak rows instead of the layer's op.
         """
-        weight, bias = self._placed.get((self.weight, self.bias), x, keep)
+        weight, bias = self._placed.get((self.weight, self.bias), x, keep, dtype=_compute_dtype(layer, x))
         if weight is None:
             return bias_change(layer, x, bias)
         return layer_op(layer, x, weight, bias)
 
     def dense(self) -> "DenseDelta":
         return self
+
+    def subtract_from(self, layer: nn.Module, x: torch.Tensor, rows: torch.Tensor, keep: float,
+                      keep_on_device: bool = True) -> bool:
+        """Subtract keep · contribution from `rows` in place if this form does it better; False: it does not."""
+        return False
 
     def release(self) -> None:
         """Drop the device copy made for a run (the delta itself may stay cached between jobs)."""
@@ -155,10 +199,10 @@ class DenseDelta:
 
 @dataclasses.dataclass
 class LowRankDelta:
-    """D = scale · up @ down for a Linear or Conv2d (LoRA/LoCon layout), plus an optional bias delta.
+    """D = scale · up @ down for a Linear, Conv2d, Conv3d or Embedding (LoRA/LoCon layout), plus an optional bias delta.
 
-    Linear: down [r, in], up [out, r]. Conv2d: down [r, in, kh, kw] (runs with the layer's stride,
-    padding and dilation), up [out, r, 1, 1].
+    Linear: down [r, in], up [out, r]. Conv: down [r, in, *kernel] (runs with the layer's stride,
+    padding and dilation), up [out, r, 1, 1(, 1)]. Embedding: up [num, r], down [r, dim] (no bias).
     """
 
     down: torch.Tensor
@@ -170,23 +214,31 @@ class LowRankDelta:
     def contribution(self, layer: nn.Module, x: torch.Tensor, keep: bool = True) -> torch.Tensor:
         """scale · up(down(x)) (+ bias): the cheap form, r channels in the middle instead of a full matmul."""
         # `up` is placed with the scale folded in: one op less per layer and call than scaling the output
-        down, up, bias = self._placed.get((self.down, self.up, self.bias), x, keep, scales=(1.0, self.scale, 1.0))
+        down, up, bias = self._placed.get((self.down, self.up, self.bias), x, keep, scales=(1.0, self.scale, 1.0),
+                                          dtype=_compute_dtype(layer, x))
         if is_linear(layer):
             out = F.linear(F.linear(x, down), up)
-        elif isinstance(layer, nn.Conv2d):
+        elif isinstance(layer, nn.Embedding):  # D = up [num, r] @ down [r, dim]: rows of up, then one product
+            return F.embedding(x, up, layer.padding_idx) @ down
+        elif isinstance(layer, _CONVS):
             if layer.groups != 1:
                 raise NotImplementedError("low-rank deltas on grouped convolutions are not supported")
-            out = F.conv2d(F.conv2d(x, down, None, layer.stride, layer.padding, layer.dilation), up)
+            conv = F.conv3d if isinstance(layer, nn.Conv3d) else F.conv2d
+            out = conv(conv(x, down, None, layer.stride, layer.padding, layer.dilation), up)
         else:
-            raise TypeError(f"a low-rank delta needs a Linear or Conv2d layer, got {type(layer).__name__}")
+            raise TypeError(f"a low-rank delta needs a Linear or a convolution, got {type(layer).__name__}")
         if bias is not None:
-            shape = (-1,) + (1,) * (out.dim() - 2) if isinstance(layer, nn.Conv2d) else (-1,)
+            shape = (-1,) + (1,) * (out.dim() - 2) if isinstance(layer, _CONVS) else (-1,)
             out = out + bias.reshape(shape)
         return out
 
     def release(self) -> None:
         """Drop the device copy made for a run (the delta itself may stay cached between jobs)."""
         self._placed.clear()
+
+    def subtract_from(self, layer: nn.Module, x: torch.Tensor, rows: torch.Tensor, keep: float,
+                      keep_on_device: bool = True) -> bool:
+        return False
 
     def dense(self) -> DenseDelta:
         """The same difference as a full matrix (for merging or the exact-weights path)."""
@@ -198,14 +250,132 @@ class LowRankDelta:
         return sum(t.numel() * t.element_size() for t in (self.down, self.up, self.bias) if t is not None)
 
 
-LayerDelta = Union[DenseDelta, LowRankDelta]
+@dataclasses.dataclass
+class SlicedLowRankDelta:
+    """D of a Linear that is low rank on ranges of its output rows and zero elsewhere: a fused weight (q, k, v,
+    MLP in one matrix) patched slice by slice, as ComfyUI-style offset entries `(0, start, length)` do.
+
+    Part i: rows [starts[i], starts[i] + ups[i].shape[0]) of D are scales[i] · ups[i] @ downs[i]; parts may
+    overlap (two LoRAs on q) and need not cover every row. The correction is one product with all `downs`
+    stacked ([Σr, in]), then each part's thin `up` into its output columns. Plus an optional full bias delta.
+    """
+
+    starts: tuple
+    downs: tuple
+    ups: tuple
+    scales: tuple
+    out_features: int
+    bias: Optional[torch.Tensor] = None
+    _placed: _Placed = dataclasses.field(default_factory=lambda: _Placed(), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ends = [s + u.shape[0] for s, u in zip(self.starts, self.ups)]
+        if any(s < 0 for s in self.starts) or any(e > self.out_features for e in ends):
+            raise ValueError(f"slices {list(zip(self.starts, ends))} do not fit {self.out_features} output rows")
+        self._ranks = tuple(int(d.shape[0]) for d in self.downs)
+        order = sorted(range(len(self.starts)), key=lambda i: self.starts[i])
+        tiled = [self.starts[order[0]] == 0] + [self.starts[b] == ends[a] for a, b in zip(order, order[1:])]
+        # the parts tile the rows exactly (q | k | v, or q | k | v | mlp of Flux's linear1): one concatenation
+        self._tiling = tuple(order) if all(tiled) and ends[order[-1]] == self.out_features else None
+        self._stacked = torch.cat([d.reshape(d.shape[0], -1) for d in self.downs]) if len(self.downs) > 1 \
+            else self.downs[0]
+
+    def contribution(self, layer: nn.Module, x: torch.Tensor, keep: bool = True) -> torch.Tensor:
+        if not is_linear(layer):
+            raise TypeError(f"a sliced low-rank delta needs a Linear, got {type(layer).__name__}")
+        placed = self._placed.get((self._stacked, self.bias) + tuple(self.ups), x, keep,
+                                  scales=(1.0, 1.0) + tuple(self.scales))
+        stacked, bias, ups = placed[0], placed[1], placed[2:]
+        h = F.linear(x, stacked)  # [..., Σr]: every part's down in one product
+        parts = h.split(self._ranks, dim=-1)
+        if self._tiling is not None:
+            out = torch.cat([F.linear(parts[i], ups[i]) for i in self._tiling], dim=-1)
+        else:
+            out = x.new_zeros(tuple(x.shape[:-1]) + (self.out_features,))
+            for start, part, up in zip(self.starts, parts, ups):
+                out.narrow(-1, start, up.shape[0]).add_(F.linear(part, up))
+        return out if bias is None else out + bias
+
+    def subtract_from(self, layer: nn.Module, x: torch.Tensor, rows: torch.Tensor, keep: float,
+                      keep_on_device: bool = True) -> bool:
+        """rows[..., slice] −= keep · scale · up(down(x)) for each part, in place: one matrix product per part
+        written straight into its columns of the layer's output (`rows`: the weak rows, [n, ..., out]), so no
+        full-width temporary is made. False (nothing done) where that cannot be done in place."""
+        if (not is_linear(layer) or rows.dtype != x.dtype or not rows.is_contiguous()
+                or rows.shape[-1] != self.out_features or rows.numel() == 0):
+            return False
+        placed = self._placed.get((self._stacked, self.bias) + tuple(self.ups), x, keep_on_device,
+                                  scales=(1.0, 1.0) + tuple(self.scales))
+        stacked, bias, ups = placed[0], placed[1], placed[2:]
+        h = F.linear(x, stacked).reshape(-1, sum(self._ranks))
+        target = rows.view(-1, self.out_features)
+        first = 0
+        for start, rank, up in zip(self.starts, self._ranks, ups):
+            target.narrow(1, start, up.shape[0]).addmm_(h.narrow(1, first, rank), up.t(), alpha=-keep)
+            first += rank
+        if bias is not None:
+            rows.sub_(bias, alpha=keep)
+        return True
+
+    def release(self) -> None:
+        self._placed.clear()
+
+    def dense(self) -> DenseDelta:
+        """The same difference as a full [out, in] matrix."""
+        weight = torch.zeros(self.out_features, self.downs[0].shape[1], dtype=torch.float32)
+        for start, down, up, scale in zip(self.starts, self.downs, self.ups, self.scales):
+            weight[start:start + up.shape[0]] += (up.float() @ down.float()) * scale
+        return DenseDelta(weight.to(self.ups[0].dtype), self.bias)
+
+    def nbytes(self) -> int:
+        tensors = list(self.downs) + list(self.ups) + [self.bias]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-def _like(t: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+@dataclasses.dataclass
+class InputDelta:
+    """ΔP of a raw parameter P that its module adds to one of its inputs before anything else uses either (Wan's
+    block `modulation` [1, 6, D], added to the time vector e, `nn/wan.py:176,195-198` in Forge Neo).
+
+    The module is not affine in P (e then scales, shifts and gates), so no output correction is exact; but
+    P' + (e − keep·ΔP) = P_ω + e: the weak rows of that input are shifted before the module runs (a forward
+    pre-hook in `WeakBranch`). `argument` / `position` name the input (keyword or positional); ΔP broadcasts
+    against it right-aligned, as the module's own sum does.
+    """
+
+    diff: torch.Tensor
+    argument: str
+    position: int
+    _placed: _Placed = dataclasses.field(default_factory=lambda: _Placed(), repr=False, compare=False)
+
+    def shifted(self, value: torch.Tensor, at: "RowLayout", keep: float, keep_on_device: bool = True) -> torch.Tensor:
+        """A copy of `value` ([rows, ...], rows first) whose weak rows have keep · ΔP taken off."""
+        (diff,) = self._placed.get((self.diff,), value, keep_on_device)
+        out = value.clone()  # the caller's tensor feeds the other blocks too: never changed in place
+        if at.is_block:
+            out.narrow(0, at.first, at.count).sub_(diff, alpha=keep)
+        else:
+            out.index_add_(0, at.weak, diff.expand((at.count,) + tuple(value.shape[1:])), alpha=-keep)
+        return out
+
+    def release(self) -> None:
+        self._placed.clear()
+
+    def dense(self) -> "InputDelta":
+        return self
+
+    def nbytes(self) -> int:
+        return self.diff.numel() * self.diff.element_size()
+
+
+LayerDelta = Union[DenseDelta, LowRankDelta, SlicedLowRankDelta, InputDelta]
+
+
+def _like(t: Optional[torch.Tensor], device: torch.device, dtype: torch.dtype) -> Optional[torch.Tensor]:
     if t is None:
         return None
-    if t.device != x.device or t.dtype != x.dtype:
-        return t.to(device=x.device, dtype=x.dtype, non_blocking=True)
+    if t.device != device or t.dtype != dtype:
+        return t.to(device=device, dtype=dtype, non_blocking=True)
     return t
 
 
@@ -216,13 +386,14 @@ class _Placed:
         self.key: tuple = ()
         self.tensors: tuple = ()
 
-    def get(self, tensors: tuple, x: torch.Tensor, keep: bool = True, scales: Optional[tuple] = None) -> tuple:
-        """`tensors` on x's device and dtype, each times its entry of `scales` (the originals are never changed);
-        `keep=False` (lowvram) makes a transient copy per call."""
-        key = (x.device, x.dtype)
+    def get(self, tensors: tuple, x: torch.Tensor, keep: bool = True, scales: Optional[tuple] = None,
+            dtype: Optional[torch.dtype] = None) -> tuple:
+        """`tensors` on x's device and dtype (or `dtype`), each times its entry of `scales` (the originals are never
+        changed); `keep=False` (lowvram) makes a transient copy per call."""
+        key = (x.device, dtype or x.dtype)
         if keep and key == self.key:
             return self.tensors
-        placed = tuple(_like(t, x) for t in tensors)
+        placed = tuple(_like(t, x.device, key[1]) for t in tensors)
         if scales is not None:
             placed = tuple(t if t is None or s == 1.0 else t * s for t, s in zip(placed, scales))
         if keep:
@@ -235,7 +406,7 @@ class _Placed:
 
 def low_rank_approximation(delta: DenseDelta, energy: float = 0.95, max_rank: Optional[int] = None
                            ) -> tuple[LayerDelta, float]:
-    """Truncated SVD of a Linear/Conv2d weight difference keeping `energy` of its squared norm.
+    """Truncated SVD of a Linear/Conv2d/Conv3d weight difference keeping `energy` of its squared norm.
 
     Returns (delta, relative Frobenius error). Deltas of 1-D parameters (norms, biases) stay dense:
     they are small. A rank that would not save memory keeps the dense form (error 0).
@@ -257,8 +428,8 @@ def low_rank_approximation(delta: DenseDelta, energy: float = 0.95, max_rank: Op
     error = float((matrix - (u[:, :rank] * s[:rank]) @ vh[:rank]).norm() ** 2 / total) ** 0.5
     up = (u[:, :rank] * s[:rank]).to(w.dtype)
     down = vh[:rank].to(w.dtype)
-    if w.dim() == 4:
-        up = up.reshape(w.shape[0], rank, 1, 1)
+    if w.dim() > 2:  # a convolution: 1x1(x1) up, the kernel on down
+        up = up.reshape(w.shape[0], rank, *(1,) * (w.dim() - 2))
         down = down.reshape(rank, *w.shape[1:])
     return LowRankDelta(down=down, up=up, scale=1.0, bias=delta.bias), error
 

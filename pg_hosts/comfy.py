@@ -311,7 +311,7 @@ def begin_chain_pass(p, session, encode_weak, extra_unet_deltas, patcher_deltas:
     if clip is not None:
         original_clip = original.clip.patcher if original.clip is not None else None
         chosen_ids = selected_entries(clip.patcher, original_clip, owners.clip, chosen)
-        text_deltas = patcher_deltas(clip.patcher, chosen_ids, omega)
+        text_deltas = patcher_deltas(clip.patcher, chosen_ids, omega, every_row_weak=True)  # the weak prompt's encode
     return session.begin_pass(
         patcher.model.diffusion_model, merge_deltas(unet_deltas, extra_unet_deltas), text_deltas,
         [getattr(n, "name", "?") for n in selected], encode_weak,

@@ -22,7 +22,8 @@ What PG relies on (file:line in that tree; see docs/forks.md §3):
   (`base.py:473-474`, shared by all clones); online or low-VRAM modules merge per forward from the
   unpatched parameter (`LowVramPatch`, :110-121, in `weight_function`). `weight_wrapper_patches`
   (:351-353) is filled by nothing in Neo's own code (no LoRA type uses it).
-* layers: `backend/operations.py` `ForgeOperations.Linear/Conv2d` subclass torch's. Weights stored
+* layers: `backend/operations.py` `ForgeOperations.Linear/Conv2d/Conv3d/RMSNorm` subclass torch's (:177-305;
+  RMSNorm with `add` uses 1 + w, :313,328-330). Weights stored
   quantized (bnb `bnb_quantized`, GGUF `gguf_cls`) or converted at load (`convert_weight` on the layer:
   mixed-precision and fp8 layouts) are not handled: PG stays off for the pass and says so.
 * text encoder: `backend/patcher/clip.py:11-27`, `clip.patcher` patches `clip.cond_stage_model`;
@@ -56,16 +57,45 @@ def scheduling_args() -> tuple:
     return ()
 
 
-def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
-    """θ' − θ_ω per layer of the patcher's model, from its entries, merged by Neo's own function."""
+def patcher_deltas(patcher, selected: set[int], omega: float, every_row_weak: bool = False) -> dict:
+    """θ' − θ_ω per layer of the patcher's model, from its entries, merged by Neo's own function
+    (`every_row_weak`: for the text encoder, whose weak encode has only weak rows)."""
     import torch
     from backend.patcher.lora import merge_lora_to_weight
 
     def merge(entries, weight, key):
         return merge_lora_to_weight(entries, weight, key, computation_dtype=torch.float32)
 
-    return patch_deltas(patcher.patches, selected, omega, plain_layer_of(patcher.model), backup_base_of(patcher),
-                        merge)
+    patches = {key: entries for key, entries in patcher.patches.items() if not never_merged(patcher.model, key)}
+    return patch_deltas(patches, selected, omega, plain_layer_of(patcher.model), backup_base_of(patcher),
+                        merge, row_permutations=row_permutations(), every_row_weak=every_row_weak)
+
+
+def never_merged(model, key: str) -> bool:
+    """Whether Neo's loader leaves this key's patches out of the weights it loads.
+
+    `ModelPatcher._load_list` (`backend/patcher/base.py:512-521`) lists only modules whose parameters are all
+    their own, and `load` merges the parameters of listed modules only (:620-640; low-VRAM: their `.weight` and
+    `.bias`, :562-591). So a LoRA key on a raw parameter of a module with children (Wan's `blocks.N.modulation`
+    and `head.modulation`, Lumina's / Z-Image's `x_pad_token`, `cap_pad_token`) stays in `patches` and is never
+    merged: θ' and θ_ω (the loader at ω × strength) both lack it, and PG leaves it alone.
+    """
+    path, _, name = key.rpartition(".")
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return False  # not a parameter at all: patch_deltas says so
+    own = {n for n, _ in module.named_parameters(recurse=False)}
+    return name in own and any(n not in own for n, _ in module.named_parameters())
+
+
+def row_permutations() -> tuple:
+    """The entry functions of Neo's LoRA key maps that only reorder whole rows: `swap_scale_shift`
+    (`modules_forge/packages/comfy/utils.py:159-162`, on Flux/Chroma's `final_layer.adaLN_modulation.1`,
+    :267-268). PG corrects such an entry low rank with the rows of `up` permuted as the host's merge moves them."""
+    from modules_forge.packages.comfy.utils import swap_scale_shift
+
+    return (swap_scale_shift,)
 
 
 def load_one(unet_patcher, clip, target: tuple) -> tuple:

@@ -6,9 +6,12 @@ order into the original weight by the host's merge function when the model loads
 entries with the selected LoRAs' `strength_patch` × ω, merged by the same function; the difference a
 weak row must lose is θ' − θ_ω = (1 − ω)·D. Two forms of D, both exact:
 
-* low rank — every entry on the parameter is a plain LoRA (additive: no DoRA, mid, reshape, offset,
-  function or model strength): D = Σ_selected strength · (alpha / rank) · up @ down, evaluated as two
-  thin products on the weak rows (`LowRankDelta`);
+* low rank — every entry on the parameter is a plain LoRA (additive: no DoRA, mid, reshape or model
+  strength): D = Σ_selected strength · (alpha / rank) · up @ down, evaluated as two thin products on the
+  weak rows (`LowRankDelta`). An entry with an offset `(0, start, length)` (a diffusers q/k/v LoRA on a
+  fused qkv weight) is that product on rows [start, start + length) only (`SlicedLowRankDelta`); one whose
+  function the adapter declares a fixed row permutation (Neo's `swap_scale_shift`) has its `up` rows
+  permuted, the permutation read from the host's own merge;
 * dense — anything else (LoHa, LoKr, DoRA, diff, a non-affine mix): D = (θ' − θ_ω) / (1 − ω) from two
   merges with the host's own function, so every type the host knows is handled as the host does.
 
@@ -17,15 +20,19 @@ the layer of a key and its original weight are handed in by the adapter.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import weakref
 from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from pg_ext.deltas import DenseDelta, LayerDelta, LowRankDelta, difference_dtype, is_linear, is_supported
+from pg_ext.deltas import (DenseDelta, InputDelta, LayerDelta, LowRankDelta, SlicedLowRankDelta, difference_dtype,
+                           is_linear, is_supported)
 
 Entry = tuple  # (strength_patch, patch, strength_model, offset, function[, online_mode])
+InputOf = Callable[[nn.Module, str], Optional[tuple[str, int]]]  # (module, parameter) -> (input name, position)
 Merge = Callable[[list, torch.Tensor, str], torch.Tensor]  # host merge: (entries, float32 weight copy, key) -> weight
 
 
@@ -35,21 +42,12 @@ def scaled(entry: Entry, factor: float) -> Entry:
 
 
 def plain_lora(entry: Entry) -> Optional[tuple[torch.Tensor, torch.Tensor, float]]:
-    """(up, down, strength · alpha / rank) of a plain LoRA entry; None for anything that is not purely additive.
-
-    The patch layouts are in `_lora_weights`.
-    """
-    strength, patch, strength_model, offset, function = entry[:5]  # Forge Neo appends online_mode
-    if strength_model != 1.0 or offset is not None or function is not None:
+    """(up, down, strength · alpha / rank) of a LoRA entry on a whole weight; None for anything else (an offset
+    or function entry included: `_low_rank` reads those). The patch layouts are in `_lora_weights`."""
+    part = _lora_part(entry)
+    if part is None or part[3] is not None or part[4] is not None:
         return None
-    weights = _lora_weights(patch)
-    if weights is None:
-        return None
-    up, down, alpha, mid, dora_scale, reshape = weights
-    if mid is not None or dora_scale is not None or reshape is not None:
-        return None
-    ratio = float(alpha) / down.shape[0] if alpha is not None else 1.0
-    return up, down, float(strength) * ratio
+    return part[:3]
 
 
 def _lora_weights(patch: Any) -> Optional[tuple]:
@@ -72,19 +70,127 @@ def _fits(layer: nn.Module, up: torch.Tensor, down: torch.Tensor) -> bool:
     if is_linear(layer):
         return up.dim() == 2 and down.dim() == 2 and up.shape[0] == layer.out_features \
             and down.shape[1] == layer.in_features
-    if isinstance(layer, nn.Conv2d):
-        return (layer.groups == 1 and up.dim() == 4 and down.dim() == 4 and tuple(up.shape[2:]) == (1, 1)
+    if isinstance(layer, (nn.Conv2d, nn.Conv3d)):
+        spatial = len(layer.kernel_size)
+        return (layer.groups == 1 and up.dim() == 2 + spatial and down.dim() == 2 + spatial
+                and tuple(up.shape[2:]) == (1,) * spatial
                 and up.shape[0] == layer.out_channels and down.shape[1] == layer.in_channels
                 and tuple(down.shape[2:]) == tuple(layer.kernel_size))
+    if isinstance(layer, nn.Embedding):
+        return up.dim() == 2 and down.dim() == 2 and up.shape[0] == layer.num_embeddings \
+            and down.shape[1] == layer.embedding_dim
     return False
 
 
-def _low_rank(layer: nn.Module, entries: Sequence[Entry], selected: Collection[int]) -> Optional[list[LayerDelta]]:
-    factors = [plain_lora(e) for e in entries]
-    if any(f is None or not _fits(layer, f[0], f[1]) for f in factors):
+def _lora_part(entry: Entry) -> Optional[tuple]:
+    """(up, down, strength · alpha / rank, offset, function) of a LoRA entry that adds up @ down to its target
+    (no DoRA, mid, reshape or model strength), else None."""
+    strength, patch, strength_model, offset, function = entry[:5]
+    if strength_model != 1.0:
         return None
-    return [LowRankDelta(down=f[1].detach(), up=f[0].detach(), scale=f[2])
-            for e, f in zip(entries, factors) if id(e) in selected]
+    weights = _lora_weights(patch)
+    if weights is None:
+        return None
+    up, down, alpha, mid, dora_scale, reshape = weights
+    if mid is not None or dora_scale is not None or reshape is not None:
+        return None
+    ratio = float(alpha) / down.shape[0] if alpha is not None else 1.0
+    return up, down, float(strength) * ratio, offset, function
+
+
+def _slice_of(key: str, layer: nn.Module, up: torch.Tensor, offset) -> Optional[tuple[int, int]]:
+    """(start, length) of the output rows an entry's product lands in; None when it is not rows of a Linear.
+
+    Raises NotImplementedError when the slice reaches past the weight (Lumina 2's diffusers k/v offsets on
+    its GQA qkv, docs/dit-families.md §1.6): the host's own merge cannot be right there either."""
+    rows = layer.out_features
+    if offset is None:
+        return (0, rows)
+    dim, start, length = (int(v) for v in offset)
+    if dim != 0:
+        return None
+    if start < 0 or length != up.shape[0] or start + length > rows:
+        raise NotImplementedError(f"{key}: a LoRA entry patches rows [{start}, {start + length}) with a "
+                                  f"{up.shape[0]}-row product, which does not fit the {rows}-row "
+                                  f"{type(layer).__name__}")
+    return (start, length)
+
+
+def _probe_patch(patch: Any, up: torch.Tensor, down: torch.Tensor) -> Any:
+    """A copy of a LoRA patch, in its own layout and class, holding other factors (alpha none: scale 1)."""
+    if isinstance(patch, (tuple, list)):
+        return ("lora", (up, down, None, None, None))
+    probe = copy.copy(patch)
+    probe.weights = (up, down, None, None, None, None)
+    return probe
+
+
+def _row_permutation(key: str, entry: Entry, layer: nn.Module, span: tuple[int, int], merge: Merge
+                     ) -> Optional[torch.Tensor]:
+    """perm such that the host's merge of this entry puts row perm[i] of up @ down in row `start + i`; None
+    when the merge does not move whole rows.
+
+    Read from the host's own merge of a probe (up = row numbers, down = ones), so the permutation is the one
+    the host applies, however it applies its function (Neo's LoRA adapter calls it per chunk of 1024 rows,
+    comfy/weight_adapter/lora.py:200-209 at de2193d, so a `swap_scale_shift` there swaps halves per chunk)."""
+    start, length = span
+    in_features = layer.in_features
+
+    def probe(up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        entry_probe = (1.0, _probe_patch(entry[1], up, down), 1.0) + tuple(entry[3:])
+        merged = merge([entry_probe], torch.zeros(layer.out_features, in_features, dtype=torch.float32), key).float()
+        return merged.narrow(0, start, length), not bool(torch.cat([merged[:start], merged[start + length:]]).any())
+
+    # rows numbered 1..length (exact in float32 up to 2^24), every column alike: where does each row go?
+    rows, kept_out = probe(torch.arange(1, length + 1, dtype=torch.float32)[:, None], torch.ones(1, in_features))
+    values = rows[:, 0]
+    perm = values.round().long() - 1
+    if not kept_out or not bool((rows == values[:, None]).all()) or not bool((values == perm + 1).all()) \
+            or not torch.equal(perm.sort().values, torch.arange(length)):
+        return None
+    # columns numbered 1..in, every row alike: the columns must stay where they are
+    columns, kept_out = probe(torch.ones(length, 1), torch.arange(1, in_features + 1, dtype=torch.float32)[None])
+    if not kept_out or not torch.equal(columns, torch.arange(1, in_features + 1, dtype=torch.float32).expand(length, -1)):
+        return None
+    return perm
+
+
+def _low_rank(key: str, layer: nn.Module, entries: Sequence[Entry], selected: Collection[int], merge: Merge,
+              row_permutations: Collection[Callable]) -> Optional[list[LayerDelta]]:
+    """The selected entries' D as thin products when every entry on the key adds a low-rank product (whole
+    weight, a slice of its rows, rows permuted by a known function); None for the dense path."""
+    parts = []
+    for entry in entries:
+        part = _lora_part(entry)
+        if part is None:
+            return None
+        up, down, scale, offset, function = part
+        if offset is None and function is None:
+            if not _fits(layer, up, down):
+                return None
+            parts.append((entry, None, up, down, scale))
+            continue
+        if not is_linear(layer) or up.dim() != 2 or down.dim() != 2 or down.shape[1] != layer.in_features:
+            return None
+        span = _slice_of(key, layer, up, offset)
+        if span is None:
+            return None
+        if function is not None:
+            if not any(function is f for f in row_permutations):
+                return None  # any other function: the host's merge, densely
+            if id(entry) in selected:
+                perm = _row_permutation(key, entry, layer, span, merge)
+                if perm is None:
+                    return None
+                up = up[perm]
+        parts.append((entry, span, up, down, scale))
+    chosen = [(span, up.detach(), down.detach(), scale) for entry, span, up, down, scale in parts
+              if id(entry) in selected]
+    if all(span is None or span == (0, layer.out_features) for span, *_ in chosen):
+        return [LowRankDelta(down=down, up=up, scale=scale) for _, up, down, scale in chosen]
+    return [SlicedLowRankDelta(starts=tuple(span[0] if span else 0 for span, *_ in chosen),
+                               downs=tuple(d for _, _, d, _ in chosen), ups=tuple(u for _, u, _, _ in chosen),
+                               scales=tuple(s for *_, s in chosen), out_features=layer.out_features)]
 
 
 def dense_difference(key: str, entries: Sequence[Entry], selected: Collection[int], omega: float,
@@ -148,13 +254,20 @@ DENSE_DIFFERENCES = DenseDifferences()  # one per process, like the host's own m
 def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[int], omega: float,
                  layer_of: Callable[[str], Optional[tuple[nn.Module, str]]],
                  base_of: Callable[[str], torch.Tensor], merge: Merge,
-                 cache: DenseDifferences = DENSE_DIFFERENCES) -> dict[nn.Module, list[LayerDelta]]:
-    """Layer -> differences of the selected entries (ids in `selected`) for every patched Linear/Conv2d/norm.
+                 cache: DenseDifferences = DENSE_DIFFERENCES, row_permutations: Collection[Callable] = (),
+                 every_row_weak: bool = False, input_of: Optional[InputOf] = None
+                 ) -> dict[nn.Module, list[LayerDelta]]:
+    """Layer -> differences of the selected entries (ids in `selected`) for every patched Linear/conv/norm.
 
     `layer_of(key)` gives (module, parameter name) or None; `base_of(key)` the parameter without any
     patch. A parameter without a selected entry costs nothing; one PG cannot correct raises
     NotImplementedError (the adapter runs the pass as plain CFG and says why). Dense differences come
-    from `cache` when it holds them for the same entries and ω.
+    from `cache` when it holds them for the same entries and ω. `row_permutations`: the host's entry
+    functions that only reorder whole rows (the low-rank path permutes `up`; other functions go dense).
+    `every_row_weak`: the deltas serve a call whose rows are all weak (the weak prompt's encode), where an
+    Embedding can be corrected too (`is_supported`). `input_of(module, name)`: for a raw parameter the
+    module adds to one of its inputs, that input's (name, position) (the adapter knows the host's modules);
+    its difference then shifts that input in the weak rows (`InputDelta`).
     """
     if not 0.0 <= omega <= 1.0:
         raise ValueError(f"omega must be in [0, 1], got {omega!r}")
@@ -162,11 +275,21 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
         return {}  # θ_ω = θ': the weak branch is the personalized model, nothing to correct
     weights: dict[nn.Module, Any] = {}
     biases: dict[nn.Module, torch.Tensor] = {}
+    shifts: dict[nn.Module, list[LayerDelta]] = {}
     for key, entries in patches.items():
         if not any(id(e) in selected for e in entries):
             continue
-        layer, name = _placed(key, layer_of(key))
-        low = _low_rank(layer, entries, selected) if name == "weight" else None
+        found = layer_of(key)
+        target = input_of(*found) if found is not None and input_of is not None else None
+        if target is not None:
+            base = base_of(key)
+            difference = cache.get(key, entries, selected, omega, found[0],
+                                   lambda: dense_difference(key, entries, selected, omega, base, merge)
+                                   .to(difference_dtype(base.dtype)))
+            shifts.setdefault(found[0], []).append(InputDelta(difference, *target))
+            continue
+        layer, name = _placed(key, found, every_row_weak)
+        low = _low_rank(key, layer, entries, selected, merge, row_permutations) if name == "weight" else None
         if low is not None:
             weights[layer] = low
             continue
@@ -174,18 +297,23 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
         difference = cache.get(key, entries, selected, omega, layer,
                                lambda: dense_difference(key, entries, selected, omega, base_of(key), merge).to(dtype))
         (weights if name == "weight" else biases)[layer] = difference
-    return {layer: _join(layer, weights.get(layer), biases.get(layer)) for layer in {**weights, **biases}}
+    out = {layer: _join(layer, weights.get(layer), biases.get(layer)) for layer in {**weights, **biases}}
+    for layer, found in shifts.items():
+        out.setdefault(layer, []).extend(found)
+    return out
 
 
-def _placed(key: str, found: Optional[tuple[nn.Module, str]]) -> tuple[nn.Module, str]:
+def _placed(key: str, found: Optional[tuple[nn.Module, str]], every_row_weak: bool = False
+            ) -> tuple[nn.Module, str]:
     """The (layer, parameter) a selected entry patches; NotImplementedError naming both when PG cannot
     correct it: skipping it would leave the weak rows a mix of θ' and θ_ω on that layer."""
     if found is None:
         raise NotImplementedError(f"{key} is patched by a selected LoRA but is not a parameter PG can find")
     layer, name = found
-    if not is_supported(layer) or name not in ("weight", "bias"):
+    if not is_supported(layer, every_row_weak) or name not in ("weight", "bias"):
+        where = " outside the text encoder" if isinstance(layer, nn.Embedding) and name == "weight" else ""
         raise NotImplementedError(f"{key} ({type(layer).__name__}.{name}) is patched by a selected LoRA; "
-                                  "PG cannot correct that layer type yet")
+                                  f"PG cannot correct that layer type{where} yet")
     return layer, name
 
 
@@ -201,7 +329,7 @@ def _join(layer: nn.Module, weight: Any, bias: Optional[torch.Tensor]) -> list[L
     bias = None if bias is None else bias.to(dtype)
     if isinstance(weight, list):
         if bias is not None:
-            weight[0] = LowRankDelta(weight[0].down, weight[0].up, weight[0].scale, bias=bias)
+            weight[0] = dataclasses.replace(weight[0], bias=bias)
         return weight
     # a bias-only patch keeps no weight: its correction is Δb alone (`DenseDelta.contribution`)
     return [DenseDelta(None if weight is None else weight.to(dtype), bias)]

@@ -80,12 +80,13 @@ def weak_uncond(weak, host_uncond):
 
 # -- θ_ω differences from a patcher ---------------------------------------------------------------------
 
-def patcher_deltas(patcher, selected: set[int], omega: float) -> dict:
-    """θ' − θ_ω per layer of the patcher's model, from its entries, merged by the host's own function."""
+def patcher_deltas(patcher, selected: set[int], omega: float, every_row_weak: bool = False) -> dict:
+    """θ' − θ_ω per layer of the patcher's model, from its entries, merged by the host's own function
+    (`every_row_weak`: for the text encoder, whose weak encode has only weak rows)."""
     from ldm_patched.modules.lora import calculate_weight
 
     return patch_deltas(patcher.patches, selected, omega, plain_layer_of(patcher.model), backup_base_of(patcher),
-                        merge=calculate_weight)
+                        merge=calculate_weight, every_row_weak=every_row_weak)
 
 
 # -- attach ---------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ SCALE, B = 5.0, 2
 
 
 def _is_backend(name):
-    return name == "backend" or name.startswith("backend.")
+    return any(name == top or name.startswith(top + ".") for top in ("backend", "modules_forge"))
 
 
 def _import_neo_double():
@@ -48,6 +48,7 @@ def _import_neo_double():
         import backend.operations  # noqa: F401
         import backend.patcher.base  # noqa: F401
         import backend.sampling.sampling_function  # noqa: F401,E501
+        import modules_forge.packages.comfy.utils  # noqa: F401
         return {k: sys.modules.pop(k) for k in list(sys.modules) if _is_backend(k)}
     finally:
         sys.path.remove(NEO_DOUBLE)
@@ -363,19 +364,77 @@ def test_multidiffusion_tiles_keep_the_weak_rows(monkeypatch, tile_batch):
     torch.testing.assert_close(out, reference(model, 0.3, {"subject"}, False, options=options), atol=2e-5, rtol=1e-5)
 
 
-def test_a_layer_pg_cannot_correct_stops_pg_with_its_name_not_a_silent_mix(monkeypatch):
-    """Issue 17 item 6: an Embedding (or Conv3d, RMSNorm, a raw parameter) patched by the selected LoRA was
-    skipped, so the weak rows had θ' there and θ_ω elsewhere."""
+def test_a_text_encoder_embedding_is_corrected_in_the_weak_encode(monkeypatch):
+    """Issue 18 item 2 (P2c): an Embedding the selected LoRA patches in the text encoder (Anima's LLM adapter,
+    an LLM's token table) is weakened in the weak prompt's encode, where every row is weak. Issue 17 item 6
+    stopped PG there; before that it was skipped, a silent mix."""
     model = NeoModel()
     weights = _weights(model)
     subject = patches(model, 11, "lora")
     subject["embed.weight"] = LoRAAdapter(torch.randn(64, 2) * 0.3, torch.randn(2, 12) * 0.3, 1.0)
-    model.apply_loras([(lora_file("subject"), subject, 1.0)])
+    loras = [(lora_file("subject"), subject, 1.0)]
+    model.apply_loras(loras)
     assert "embed.weight" in model.forge_objects_after_applying_lora.clip.patcher.patches  # the host loads it
     _networks(monkeypatch, model, ("subject",))
-    with pytest.raises(NotImplementedError, match=r"embed\.weight \(Embedding\.weight\).*cannot correct"):
+    out, plan, before = run_pg(model, 0.3)
+    torch.testing.assert_close(out, reference(model, 0.3, {"subject"}, False, loras=loras), atol=2e-5, rtol=1e-5)
+    _assert_nothing_left(model, before, weights)
+
+
+class ScaleNorm(nn.Module):
+    """A norm of its own with a raw `scale` parameter and no children (Krea 2's RMSNorm, Neo nn/krea.py:147-157)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.scale = nn.Parameter(torch.zeros(dim), requires_grad=False)
+
+
+@pytest.mark.parametrize("where", ["unet_embedding", "raw_parameter"])
+def test_a_layer_pg_cannot_correct_stops_pg_with_its_name_not_a_silent_mix(monkeypatch, where):
+    """Issue 17 item 6: a layer PG cannot correct (an Embedding whose ids need not have the call's rows first,
+    a raw parameter the loader merges, such as Krea's norm `scale`) patched by the selected LoRA was skipped, so
+    the weak rows had θ' there and θ_ω elsewhere. Now PG stops for the pass and names it."""
+    model = NeoModel()
+    unet = model.forge_objects_original.unet.model.diffusion_model
+    if where == "unet_embedding":
+        unet.label_emb = nn.Embedding(10, 12).requires_grad_(False)
+        key, patch, reason = "diffusion_model.label_emb.weight", \
+            LoRAAdapter(torch.randn(10, 2) * 0.3, torch.randn(2, 12) * 0.3, 1.0), r"\(Embedding\.weight\).*outside"
+    else:
+        unet.txt_norm = ScaleNorm(12)
+        key, patch, reason = "diffusion_model.txt_norm.scale", ("diff", (torch.randn(12) * 0.1,)), \
+            r"txt_norm\.scale \(ScaleNorm\.scale\).*cannot"
+    weights = _weights(model)
+    subject = patches(model, 11, "lora")
+    subject[key] = patch
+    model.apply_loras([(lora_file("subject"), subject, 1.0)])
+    assert key in model.forge_objects_after_applying_lora.unet.patches  # the host loads it
+    _networks(monkeypatch, model, ("subject",))
+    with pytest.raises(NotImplementedError, match=reason):
         run_pg(model, 0.3)
     _assert_nothing_left(model, model.forge_objects_after_applying_lora.unet, weights)
+
+
+def test_a_raw_parameter_neo_never_merges_is_left_alone_as_the_host_leaves_it(monkeypatch):
+    """Neo's loader merges only modules whose parameters are all their own (backend/patcher/base.py:512-521):
+    a LoRA key on Wan's block `modulation` (a raw parameter of a module with children) sits in the patches
+    but θ' and θ_ω both lack it. PG neither corrects it nor stops: the weak rows equal the host's loader at
+    ω × strength. (Before: PG stopped for the pass.)"""
+    model = NeoModel()
+    unet = model.forge_objects_original.unet.model.diffusion_model
+    unet.modulation = nn.Parameter(torch.zeros(1, 6, 12), requires_grad=False)
+    assert forge_neo.never_merged(model.forge_objects_original.unet.model, "diffusion_model.modulation")
+    assert not forge_neo.never_merged(model.forge_objects_original.unet.model, "diffusion_model.time_embed.0.weight")
+    weights = _weights(model)
+    subject = patches(model, 11, "lora")
+    subject["diffusion_model.modulation"] = ("diff", (torch.randn(1, 6, 12) * 0.1,))
+    loras = [(lora_file("subject"), subject, 1.0)]
+    model.apply_loras(loras)
+    assert "diffusion_model.modulation" in model.forge_objects_after_applying_lora.unet.patches
+    _networks(monkeypatch, model, ("subject",))
+    out, plan, before = run_pg(model, 0.3)
+    torch.testing.assert_close(out, reference(model, 0.3, {"subject"}, False, loras=loras), atol=2e-5, rtol=1e-5)
+    _assert_nothing_left(model, before, weights)
 
 
 @pytest.mark.parametrize("state, partial, kept", [("NORMAL_VRAM", False, True), ("LOW_VRAM", False, False),

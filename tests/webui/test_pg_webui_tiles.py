@@ -3,8 +3,10 @@
 With Tile Batch Size k the UNet call holds k tiles of the marked batch, tile-major, while the rows' marks
 stay per chunk. The reference (tests/webui/hosts/reference_ext) runs MultiDiffusion's whole tiled call
 twice, at θ' and at θ_ω, and takes the uncond chunks of the merged result: it reads no tile layout, so
-it checks the one PG reads. Skips where the host has no "MultiDiffusion Integrated" script (A1111, reForge).
-MultiDiffusion is an img2img script in the forks; tiles are at least 256 px, so the image is 384 px.
+it checks the one PG reads. Skips where the host has no "MultiDiffusion Integrated" script (A1111); a method
+the host's script does not offer (reForge's SpotDiffusion: a shifted grid per step) skips where it is missing.
+MultiDiffusion is an img2img script in Forge/Neo (in both tabs in reForge); tiles are at least 256 px, so the
+image is 384 px.
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ CHANGED_MEAN = 1.0
 
 @pytest.fixture(scope="module")
 def multidiffusion(api):
-    info = api.get("/sdapi/v1/script-info")
-    if not any(s["name"] == MD and s["is_img2img"] for s in info):
+    """The host's MultiDiffusion methods (the choices of its Method radio), or skip."""
+    info = [s for s in api.get("/sdapi/v1/script-info") if s["name"] == MD and s["is_img2img"]]
+    if not info:
         pytest.skip("this host has no MultiDiffusion Integrated script")
+    return {c for arg in info[0]["args"] for c in (arg.get("choices") or []) if isinstance(c, str)}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +42,10 @@ def _tiled(init, tile_batch: int, method: str) -> dict:
 
 
 @pytest.mark.parametrize("tile_batch, method", [(1, "MultiDiffusion"), (2, "MultiDiffusion"),
-                                                (2, "Mixture of Diffusers")])
-def test_tiles_match_the_reference(api, init_image, tile_batch, method):
+                                                (2, "Mixture of Diffusers"), (2, "SpotDiffusion")])
+def test_tiles_match_the_reference(api, multidiffusion, init_image, tile_batch, method):
+    if method not in multidiffusion:
+        pytest.skip(f"this host's MultiDiffusion has no {method!r} (it has {sorted(multidiffusion)})")
     base = _tiled(init_image, tile_batch, method)
     off = api.img2img(base)
     assert f"multidiffusion_tile_batch_size: {tile_batch}" in off["infotexts"][0], "MultiDiffusion did not run"

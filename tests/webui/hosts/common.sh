@@ -45,12 +45,13 @@ export_tree() {
   echo "$repo $commit${sub:+:$sub}" > "$dest/.pg_export"
 }
 
-# link the random SD1.5 models and the kohya LoRA made by the A1111 harness (no new models)
+# link the random checkpoints (SD 1.5; SDXL where tests/webui/harness_models_families.py made them) and the LoRAs
+# made by the A1111 harness (no new models)
 link_models() {
   local src=$A1111_HARNESS/webui/models f
   [[ -f $src/Stable-diffusion/rand_sd15.safetensors ]] || fail "no A1111 harness models in $src: run ../shared/webui-harness/setup.sh first"
   mkdir -p "$WEBUI/models/Stable-diffusion" "$WEBUI/models/Lora"
-  for f in rand_sd15.safetensors rand_sd15_dreambooth.safetensors; do
+  for f in rand_sd15.safetensors rand_sd15_dreambooth.safetensors rand_sdxl.safetensors rand_sdxl_dreambooth.safetensors; do
     [[ -f $src/Stable-diffusion/$f ]] && ln -sfn "$src/Stable-diffusion/$f" "$WEBUI/models/Stable-diffusion/$f"
   done
   for f in "$src"/Lora/*.safetensors; do ln -sfn "$f" "$WEBUI/models/Lora/$(basename "$f")"; done

@@ -14,11 +14,14 @@ host_model_args() {
   mkdir -p "$DATA_DIR"
   # (a settings file without Neo's VERSION_UID makes the launcher wait for Enter: modules/launch_utils.py
   # verify_version; the value is read from that file, as a fresh install would write it)
-  "$PY" - "$settings" "${CKPT:-rand_sd15.safetensors}" "$WEBUI/modules/launch_utils.py" <<'PY'
+  # UNET_DTYPE: Neo's "Diffusion in Low Bits" (e.g. "Automatic (fp16 LoRA)" = LoRAs patched on the fly, or
+  # "float8-e4m3fn"); read only when the model loading parameters are refreshed at start (main_entry.py:127-142).
+  "$PY" - "$settings" "${CKPT:-rand_sd15.safetensors}" "$WEBUI/modules/launch_utils.py" "${UNET_DTYPE:-Automatic}" <<'PY'
 import json, os, re, sys
-path, ckpt, launch_utils = sys.argv[1:4]
+path, ckpt, launch_utils, unet_dtype = sys.argv[1:5]
 data = json.load(open(path)) if os.path.exists(path) else {}
 data["sd_model_checkpoint"] = ckpt
+data["forge_unet_storage_dtype"] = unet_dtype
 uid = re.search(r'^VERSION_UID\b[^=]*=\s*"([^"]*)"', open(launch_utils).read(), re.M)
 if uid and "VERSION_UID" not in data:
     data["VERSION_UID"] = uid.group(1)

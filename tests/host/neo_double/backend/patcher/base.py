@@ -1,7 +1,9 @@
 """ModelPatcher (ComfyUI's, as Neo ports it): LoRAs as flat per-key entry lists
 `(strength_patch, patch, strength_model, offset, function, online_mode)`; the file name is not kept; clones
 copy the lists, share `backup` and point to their `parent`. Loading merges offline entries into the
-parameter (original in `backup[key].weight`) and gives online ones to the layer's `weight_function`."""
+parameter (original in `backup[key].weight`) and gives online ones to the layer's `weight_function`, for
+modules whose parameters are all their own only: a key on a raw parameter of a module with children (Wan's
+block `modulation`) is kept in `patches` and never merged."""
 import collections
 
 import torch
@@ -45,6 +47,8 @@ class ModelPatcher:
         self.unpatch_model()
         for key, entries in self.patches.items():
             module, name = self._layer(key)
+            if any(True for child in module.children() for _ in child.parameters()):
+                continue  # not a module the loader lists: its own parameters stay as they are
             if any(e[5] for e in entries):  # online: merged per forward from the unpatched parameter
                 module.weight_function = [lambda w, k=key, e=entries: merge_lora_to_weight(e, w.float().clone(), k).to(w.dtype)]
             else:

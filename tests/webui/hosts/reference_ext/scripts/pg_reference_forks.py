@@ -74,9 +74,7 @@ def _forge2_layout(patcher) -> bool:
 def _entries(patcher) -> dict:
     """key -> the patch entries the host merges into that weight, in its order."""
     if not _forge2_layout(patcher):
-        if any(len(e) > 5 and e[5] for entries in patcher.patches.values() for e in entries):
-            raise RuntimeError("PG reference: online LoRAs are not supported")  # Neo merges those per forward
-        return patcher.patches
+        return patcher.patches  # Neo's online entries too: merged here once, not per forward (see _without_online)
     merged = {}
     for (_, _, _, online), patches in patcher.lora_patches.items():
         if online:
@@ -187,6 +185,31 @@ def _encode_weak(p, state: _State):
         sd_model.forge_objects.clip = strong
 
 
+class _without_online:
+    """Neo's online LoRAs live in each layer's `weight_function` / `bias_function` (the patcher's per-forward
+    merge, backend/patcher/base.py:626-636 at de2193d) on top of the stored θ: while θ_ω (which already holds
+    the merged entries) sits in the parameters, those functions are set aside, and put back afterwards."""
+
+    def __init__(self, model, weights: dict):
+        self.model, self.keys, self.saved = model, list(weights), []
+
+    def __enter__(self):
+        for key in self.keys:
+            module_name, _, param = key.rpartition(".")
+            module = self.model.get_submodule(module_name)
+            attr = "weight_function" if param == "weight" else "bias_function" if param == "bias" else None
+            functions = getattr(module, attr, None) if attr else None
+            if functions:
+                self.saved.append((module, attr, functions))
+                setattr(module, attr, [])
+        return self
+
+    def __exit__(self, *exc):
+        for module, attr, functions in self.saved:
+            setattr(module, attr, functions)
+        return False
+
+
 def _plain_call(apply_model, args):
     return apply_model(args["input"], args["timestep"], **args["c"])
 
@@ -212,7 +235,8 @@ def _unet_wrapper(state: _State, loaded_patcher, inner=None):
                 param = model.get_parameter(key)
                 strong[key] = param.data.clone()
                 param.data.copy_(weak)
-            weak_out = run(apply_model, args)
+            with _without_online(model, state.weak_weights):
+                weak_out = run(apply_model, args)
         finally:
             for key, data in strong.items():
                 model.get_parameter(key).data.copy_(data)
