@@ -351,7 +351,8 @@ def make_lumina2(force: bool) -> list[str]:
         sd = peft_lora(linears(), 4, 0.5, seed=402)
         te = pick(te_layout, range(26), ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
                   prefix="model.layers.")
-        sd.update(peft_lora(te, 4, 0.5, seed=403, prefix="text_encoders.gemma2_2b."))
+        # Neo keys its Gemma as `gemma2` (diffusion_engine/lumina.py:18): generic `text_encoders.gemma2.` keys only
+        sd.update(peft_lora(te, 4, 0.5, seed=403, prefix="text_encoders.gemma2."))
         save_sorted(sd, paths["te_lora"])
         written.append(paths["te_lora"])
     if force or not os.path.exists(paths["other"]):
