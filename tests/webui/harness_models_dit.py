@@ -25,6 +25,22 @@ Neo's detection and its text-encoder/VAE classes fix (docs/dit-families.md, "Har
          Lora/rand_anima_other_lora.safetensors a second DiT-only LoRA (the "unselected LoRA" case)
          Lora/rand_anima_norm_lora.safetensors  Linear LoRA plus `.diff` vectors on the blocks' q/k RMSNorms
                                                 (a layer type PG must refuse with a note until it corrects it)
+  lumina2  Stable-diffusion/rand_lumina2.safetensors: Neta-Lumina's NextDiT at Neo's fixed dim 2304 (24 heads, 8 kv
+         heads: detection.py:54-60), ONE main layer (counted from the file) plus the 2 + 2 refiner layers the class
+         always builds: 0.43 B. text_encoder/rand_gemma2_2b.safetensors: Gemma-2-2B (2.61 B, its RMSNorm weights
+         around 0: Neo scales by 1 + w). VAE/rand_flux_vae.safetensors: Flux AutoencoderKL (Neo's config file).
+         Lora/rand_lumina2_lora.safetensors        kohya (sd-scripts) keys lora_unet_layers_0_attention_qkv (the
+                                                   fused qkv whole), _out, _feed_forward_w1/w2/w3, refiners too
+         Lora/rand_lumina2_te_lora.safetensors     generic diffusion_model.* + text_encoders.gemma2.* (Neo keys its
+                                                   Gemma `gemma2`, diffusion_engine/lumina.py:18) lora_A/lora_B
+         Lora/rand_lumina2_other_lora.safetensors, Lora/rand_lumina2_norm_lora.safetensors (attention_norm1 diffs)
+  chroma   Stable-diffusion/rand_chroma.safetensors: 1 double + 1 single block at the fixed 3072 width plus the
+         approximator (detection.py:186-193), config from Neo's own huggingface_guess on the keys it reads: 0.63 B.
+         text_encoder/rand_t5xxl_fp8.safetensors: the T5-XXL encoder (Neo's config file) in fp8, 4.76 B.
+         LoRAs: kohya whole-fused (rand_chroma_lora), ai-toolkit/diffusers separate q/k/v/proj_mlp that Neo maps
+         to slices of the fused qkv/linear1 (rand_chroma_diffusers_lora), kohya DiT + T5 lora_te1_* (te_lora),
+         other, norm (query_norm diffs). NOTE: Neo at de2193d cannot load any Chroma checkpoint from a fresh
+         tree (no Chroma tokenizer.json: docs/dit-families.md §5.4).
 Big files are streamed tensor by tensor (memory: the largest tensor, plus a VAE). Time: ~2 min each on 2 cores.
 """
 from __future__ import annotations
@@ -63,7 +79,7 @@ def save_sorted(tensors: dict, path: str, metadata: dict | None = None) -> None:
     os.replace(tmp, path)
 
 
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float8_e4m3fn: "F8_E4M3"}
 
 
 def stream_save(path: str, layout: dict, values, dtype=torch.bfloat16, metadata: dict | None = None) -> int:
@@ -370,7 +386,115 @@ def make_lumina2(force: bool) -> list[str]:
     return written
 
 
-FAMILIES = {"anima": make_anima, "lumina2": make_lumina2}
+# -- Chroma -----------------------------------------------------------------------------------------------
+
+def chroma_layout(double: int = 1, single: int = 1) -> tuple[dict, dict, set]:
+    """(config Neo's detection gives, key -> shape, names of the RMSNorm modules) for a Chroma DiT with
+    `double` / `single` blocks: the config comes from Neo's own `huggingface_guess.guess` run on the few keys
+    it reads (guess/detection.py:131-198), the layout from the class it names, built on the meta device."""
+    import huggingface_guess
+    from backend.nn.chroma import IntegratedChromaTransformer2DModel
+    from backend.operations import using_forge_operations
+
+    probe = {"img_in.weight": (3072, 64), "txt_in.weight": (3072, 4096), "distilled_guidance_layer.norms.0.scale": (5120,),
+             "final_layer.linear.weight": (64, 3072), "distilled_guidance_layer.in_proj.weight": (5120, 64)}  # > 5 keys: prefix
+    for b in range(double):
+        probe[f"double_blocks.{b}.img_attn.norm.key_norm.scale"] = (128,)
+    for b in range(single):
+        probe[f"single_blocks.{b}.linear2.weight"] = (3072, 15360)
+    guess = huggingface_guess.guess({"model.diffusion_model." + k: torch.empty(v, device="meta") for k, v in probe.items()})
+    assert guess.huggingface_repo == "Chroma", guess.huggingface_repo
+    config = dict(guess.unet_config)
+    with torch.device("meta"), using_forge_operations(device=torch.device("meta"), dtype=torch.float32):
+        model = IntegratedChromaTransformer2DModel(**config)
+    norms = {n for n, m in model.named_modules() if isinstance(m, torch.nn.RMSNorm)}
+    return config, {k: tuple(v.shape) for k, v in model.state_dict().items()}, norms
+
+
+def t5_layout(repo: str) -> dict:
+    """The T5 encoder Neo builds from its own config file for `repo` (loader.py:325-350), as a standalone
+    text-encoder file names it (no `transformer.` prefix, no `logit_scale`)."""
+    from backend.nn.t5 import IntegratedT5
+    from backend.utils import read_arbitrary_config
+
+    config = read_arbitrary_config(os.path.join(WEBUI, "backend", "huggingface", repo, "text_encoder"))
+    layout = meta_layout(lambda: IntegratedT5(config))
+    return {k[len("transformer."):]: v for k, v in layout.items() if k.startswith("transformer.")}
+
+
+def make_chroma(force: bool) -> list[str]:
+    from modules_forge.packages.comfy.utils import flux_to_diffusers
+
+    paths = {
+        "dit": os.path.join(MODELS, "Stable-diffusion", "rand_chroma.safetensors"),
+        "te": os.path.join(MODELS, "text_encoder", "rand_t5xxl_fp8.safetensors"),
+        "vae": os.path.join(MODELS, "VAE", "rand_flux_vae.safetensors"),
+        "lora": os.path.join(MODELS, "Lora", "rand_chroma_lora.safetensors"),
+        "diffusers": os.path.join(MODELS, "Lora", "rand_chroma_diffusers_lora.safetensors"),
+        "te_lora": os.path.join(MODELS, "Lora", "rand_chroma_te_lora.safetensors"),
+        "other": os.path.join(MODELS, "Lora", "rand_chroma_other_lora.safetensors"),
+        "norm": os.path.join(MODELS, "Lora", "rand_chroma_norm_lora.safetensors"),
+    }
+    written = []
+    config, dit_layout, norms = chroma_layout()
+    # checkpoints name Flux-style RMSNorm parameters `scale` (Neo renames them at load, operations.py:315-317)
+    file_layout = {(k[: -len("weight")] + "scale" if k.rsplit(".", 1)[0] in norms else k): v for k, v in dit_layout.items()}
+    if force or not os.path.exists(paths["dit"]):
+        values = ((f, v) for f, (_, v) in zip(file_layout, random_values(dit_layout, seed=501)))
+        n = stream_save(paths["dit"], file_layout, values, metadata={"pg_harness": "chroma dit, random, 1 + 1 blocks"})
+        written.append(f"{paths['dit']} ({n / 1e9:.2f} B params)")
+    te_layout = t5_layout("Chroma")
+    if force or not os.path.exists(paths["te"]):  # T5-XXL's 4.8 B in fp8: Neo keeps fp8 storage (loader.py:330-344)
+        n = stream_save(paths["te"], te_layout, random_values(te_layout, seed=503, embed_std=1.0), dtype=torch.float8_e4m3fn,
+                        metadata={"pg_harness": "t5-xxl encoder, random, fp8"})
+        written.append(f"{paths['te']} ({n / 1e9:.2f} B params)")
+    if not os.path.exists(paths["vae"]):
+        written += [w for w in make_lumina2(False) if "flux_vae" in w]  # the same Flux VAE config (checked)
+
+    def kohya(which, blocks_double=range(1), blocks_single=range(1)):
+        out = {}
+        out.update(pick(dit_layout, blocks_double, which, prefix="double_blocks."))
+        out.update(pick(dit_layout, blocks_single, which, prefix="single_blocks."))
+        return {"lora_unet_" + p.replace(".", "_"): shape for p, shape in out.items()}
+
+    fused = ("img_attn.qkv", "img_attn.proj", "img_mlp.0", "img_mlp.2", "txt_attn.qkv", "txt_attn.proj", "txt_mlp.0",
+             "txt_mlp.2", "linear1", "linear2")
+    if force or not os.path.exists(paths["lora"]):  # kohya (sd-scripts / musubi): whole fused qkv and linear1
+        save_sorted(kohya_lora(kohya(fused), 4, 0.5, seed=601), paths["lora"])
+        written.append(paths["lora"])
+    if force or not os.path.exists(paths["diffusers"]):  # ai-toolkit / diffusers: separate q/k/v = slices for Neo
+        mapping = flux_to_diffusers(config)
+        targets = {}
+        for key, target in mapping.items():
+            if not key.endswith(".weight") or not isinstance(target, tuple) or not any(
+                    part in key for part in (".attn.to_q.", ".attn.to_k.", ".attn.to_v.", ".attn.add_q_proj.", ".attn.add_k_proj.", ".attn.add_v_proj.", ".proj_mlp.")):
+                continue
+            name, (dim, start, length) = target[0], target[1]
+            targets["transformer." + key[: -len(".weight")]] = (length, dit_layout[name][1])
+        save_sorted(peft_lora(targets, 4, 0.5, seed=602, prefix=""), paths["diffusers"])
+        written.append(paths["diffusers"])
+    if force or not os.path.exists(paths["te_lora"]):  # kohya T5 keys lora_te1_* (comfy/lora.py:159-171) + DiT
+        targets = kohya(fused)
+        te = {k[: -len(".weight")]: v for k, v in te_layout.items()
+              if k.endswith(".weight") and len(v) == 2 and ".block." in k and any(p in k for p in (".q.", ".k.", ".v.", ".o."))}
+        targets.update({"lora_te1_" + p.replace(".", "_"): shape for p, shape in te.items()})
+        save_sorted(kohya_lora(targets, 4, 0.5, seed=603), paths["te_lora"])
+        written.append(paths["te_lora"])
+    if force or not os.path.exists(paths["other"]):
+        save_sorted(kohya_lora(kohya(fused[1:4] + fused[-1:]), 4, 0.5, seed=604), paths["other"])
+        written.append(paths["other"])
+    if force or not os.path.exists(paths["norm"]):
+        sd = kohya_lora(kohya(("img_attn.proj", "linear2")), 4, 0.5, seed=605)
+        gen = torch.Generator().manual_seed(606)
+        for key, shape in dit_layout.items():
+            if key.endswith("query_norm.weight") and key.startswith("double_blocks."):
+                sd["diffusion_model." + key[: -len(".weight")] + ".diff"] = (0.2 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        save_sorted(sd, paths["norm"])
+        written.append(paths["norm"])
+    return written
+
+
+FAMILIES = {"anima": make_anima, "lumina2": make_lumina2, "chroma": make_chroma}
 
 
 def main() -> None:

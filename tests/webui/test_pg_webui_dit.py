@@ -30,8 +30,8 @@ EXTRA_LORAS = {"rand_anima": {"te": "rand_anima_te_lora", "norm": "rand_anima_no
 
 def _prompt(family: str, lora: str | None = None, strength: float = 1.0, other: float | None = None) -> str:
     subject, second = wc.FAMILY_LORAS[family]
-    text = f"a photo of a cat <lora:{lora or subject}:{strength}>"
-    return text + (f" <lora:{second}:{other}>" if other is not None else "")
+    text = f"a photo of a cat <lora:{lora or subject}:{strength:g}>"  # ':1', as conftest's PG-off image
+    return text + (f" <lora:{second}:{other:g}>" if other is not None else "")
 
 
 def _request(prompt: str, **extra) -> dict:

@@ -25,6 +25,9 @@ FAMILIES = {  # family -> (engine class, checkpoint, modules, LoRAs (name, patch
     "lumina2": ("Lumina2", "rand_lumina2.safetensors", ["text_encoder/rand_gemma2_2b.safetensors", "VAE/rand_flux_vae.safetensors"],
                 [("rand_lumina2_lora", False), ("rand_lumina2_te_lora", True), ("rand_lumina2_other_lora", False),
                  ("rand_lumina2_norm_lora", False)]),
+    "chroma": ("Chroma", "rand_chroma.safetensors", ["text_encoder/rand_t5xxl_fp8.safetensors", "VAE/rand_flux_vae.safetensors"],
+               [("rand_chroma_lora", False), ("rand_chroma_diffusers_lora", False), ("rand_chroma_te_lora", True),
+                ("rand_chroma_other_lora", False), ("rand_chroma_norm_lora", False)]),
 }
 family = sys.argv[1] if len(sys.argv) > 1 else ""
 if family not in FAMILIES:
