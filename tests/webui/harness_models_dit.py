@@ -494,7 +494,72 @@ def make_chroma(force: bool) -> list[str]:
     return written
 
 
-FAMILIES = {"anima": make_anima, "lumina2": make_lumina2, "chroma": make_chroma}
+# -- Z-Image -----------------------------------------------------------------------------------------------
+
+def make_zimage(force: bool) -> list[str]:
+    import huggingface_guess
+    from backend.nn.llm.llama import Qwen3_4B
+    from backend.nn.lumina import NextDiT
+    from modules_forge.packages.comfy.utils import z_image_to_diffusers
+
+    paths = {
+        "dit": os.path.join(MODELS, "Stable-diffusion", "rand_zimage.safetensors"),
+        "te": os.path.join(MODELS, "text_encoder", "rand_qwen3_4b_fp8.safetensors"),
+        "vae": os.path.join(MODELS, "VAE", "rand_flux_vae.safetensors"),
+        "lora": os.path.join(MODELS, "Lora", "rand_zimage_lora.safetensors"),
+        "diffusers": os.path.join(MODELS, "Lora", "rand_zimage_diffusers_lora.safetensors"),
+        "other": os.path.join(MODELS, "Lora", "rand_zimage_other_lora.safetensors"),
+    }
+    # the config Neo's detection gives (detection.py:43-72) for the keys it reads, one main layer
+    probe = {"cap_embedder.1.weight": (3840, 2560), "noise_refiner.0.attention.k_norm.weight": (128,),
+             "layers.0.attention.qkv.weight": (11520, 3840), "cap_pad_token": (1, 3840), "x_pad_token": (1, 3840),
+             "x_embedder.weight": (3840, 64)}
+    guess = huggingface_guess.guess({"model.diffusion_model." + k: torch.empty(v, device="meta") for k, v in probe.items()})
+    assert guess.huggingface_repo == "Tongyi-MAI/Z-Image-Turbo", guess.huggingface_repo
+    config = dict(guess.unet_config)
+    written = []
+    dit_layout = meta_layout(lambda: NextDiT(**config))
+    if force or not os.path.exists(paths["dit"]):
+        n = stream_save(paths["dit"], dit_layout, random_values(dit_layout, seed=701, embed_std=1.0),
+                        metadata={"pg_harness": "z-image dit, random, 1 layer"})
+        written.append(f"{paths['dit']} ({n / 1e9:.2f} B params)")
+    te_layout = {k: v for k, v in meta_layout(lambda: Qwen3_4B({})).items() if k.startswith("model.")}
+    if force or not os.path.exists(paths["te"]):  # Qwen3-4B's 4.0 B in fp8 (Neo keeps fp8 storage, loader.py:286-290)
+        n = stream_save(paths["te"], te_layout, random_values(te_layout, seed=703), dtype=torch.float8_e4m3fn,
+                        metadata={"pg_harness": "qwen3-4b, random, fp8"})
+        written.append(f"{paths['te']} ({n / 1e9:.2f} B params)")
+    if not os.path.exists(paths["vae"]):
+        written += [w for w in make_lumina2(False) if "flux_vae" in w]
+
+    groups = {"layers.": range(1), "noise_refiner.": range(2), "context_refiner.": range(2)}
+
+    def linears(which=LUMINA_LINEARS):
+        out = {}
+        for prefix, blocks in groups.items():
+            out.update(pick(dit_layout, blocks, which, prefix=prefix))
+        return out
+
+    if force or not os.path.exists(paths["lora"]):  # kohya: the fused qkv whole
+        save_sorted(kohya_lora({"lora_unet_" + p.replace(".", "_"): s for p, s in linears().items()}, 4, 0.5, seed=801),
+                    paths["lora"])
+        written.append(paths["lora"])
+    if force or not os.path.exists(paths["diffusers"]):  # diffusers / ai-toolkit: to_q/k/v = slices of attention.qkv
+        targets = {}
+        for key, target in z_image_to_diffusers(config).items():
+            if key.endswith(".weight") and isinstance(target, tuple):
+                targets["diffusion_model." + key[: -len(".weight")]] = (target[1][2], dit_layout[target[0]][1])
+            elif key.endswith(("to_out.0.weight", "feed_forward.w2.weight")):
+                targets["diffusion_model." + key[: -len(".weight")]] = dit_layout[target]
+        save_sorted(peft_lora(targets, 4, 0.5, seed=802, prefix=""), paths["diffusers"])
+        written.append(paths["diffusers"])
+    if force or not os.path.exists(paths["other"]):
+        save_sorted(kohya_lora({"lora_unet_" + p.replace(".", "_"): s for p, s in linears(LUMINA_LINEARS[1:]).items()},
+                               4, 0.5, seed=803), paths["other"])
+        written.append(paths["other"])
+    return written
+
+
+FAMILIES = {"anima": make_anima, "lumina2": make_lumina2, "chroma": make_chroma, "zimage": make_zimage}
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ FAMILIES = {  # family -> (engine class, checkpoint, modules, LoRAs (name, patch
     "chroma": ("Chroma", "rand_chroma.safetensors", ["text_encoder/rand_t5xxl_fp8.safetensors", "VAE/rand_flux_vae.safetensors"],
                [("rand_chroma_lora", False), ("rand_chroma_diffusers_lora", False), ("rand_chroma_te_lora", True),
                 ("rand_chroma_other_lora", False), ("rand_chroma_norm_lora", False)]),
+    "zimage": ("ZImage", "rand_zimage.safetensors", ["text_encoder/rand_qwen3_4b_fp8.safetensors", "VAE/rand_flux_vae.safetensors"],
+               [("rand_zimage_lora", False), ("rand_zimage_diffusers_lora", False), ("rand_zimage_other_lora", False)]),
 }
 family = sys.argv[1] if len(sys.argv) > 1 else ""
 if family not in FAMILIES:
