@@ -263,13 +263,15 @@ def make_anima(force: bool) -> list[str]:
         save_sorted({k: v.to(torch.bfloat16) for k, v in sd.items()}, paths["vae"], {"pg_harness": "wan2.1 vae, random"})
         written.append(f"{paths['vae']} (decoded std {std:.2f})")
 
-    blocks = range(ANIMA_CONFIG["num_blocks"])
+    # every 5th block / 4th TE layer: Neo backs up each weight a LoRA patches (fp32 here) and the reference keeps
+    # θ_ω of each; a LoRA on all 28 blocks' Linears (1.8 B weights) took the harness server to 22 GB (OOM, measured)
+    blocks = range(0, ANIMA_CONFIG["num_blocks"], 5)
     if force or not os.path.exists(paths["lora"]):
         save_sorted(peft_lora(pick(dit_layout, blocks, ANIMA_LINEARS), 4, 0.5, seed=201), paths["lora"])
         written.append(paths["lora"])
     if force or not os.path.exists(paths["te_lora"]):
         targets = {"lora_unet_" + p.replace(".", "_"): s for p, s in pick(dit_layout, blocks, ANIMA_LINEARS).items()}
-        te = pick(te_layout, range(28), ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        te = pick(te_layout, range(0, 28, 4), ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
                   prefix="model.layers.")
         targets.update({"lora_te_layers_" + p[len("model.layers."):].replace(".", "_"): s for p, s in te.items()})
         ad = pick(adapter_layout, range(6), ("q_proj", "k_proj", "v_proj", "o_proj"), prefix="llm_adapter.blocks.")
@@ -277,7 +279,7 @@ def make_anima(force: bool) -> list[str]:
         save_sorted(kohya_lora(targets, 4, 0.5, seed=202), paths["te_lora"])
         written.append(paths["te_lora"])
     if force or not os.path.exists(paths["other"]):
-        save_sorted(peft_lora(pick(dit_layout, range(0, 28, 2), ANIMA_LINEARS[:4] + ANIMA_LINEARS[-2:]), 4, 0.5,
+        save_sorted(peft_lora(pick(dit_layout, range(0, 28, 7), ANIMA_LINEARS[:4] + ANIMA_LINEARS[-2:]), 4, 0.5,
                               seed=203), paths["other"])
         written.append(paths["other"])
     if force or not os.path.exists(paths["norm"]):
@@ -365,8 +367,8 @@ def make_lumina2(force: bool) -> list[str]:
         written.append(paths["lora"])
     if force or not os.path.exists(paths["te_lora"]):  # DiT (generic diffusion_model.) + Gemma (generic text_encoders.)
         sd = peft_lora(linears(), 4, 0.5, seed=402)
-        te = pick(te_layout, range(26), ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-                  prefix="model.layers.")
+        te = pick(te_layout, range(0, 26, 5), ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                  prefix="model.layers.")  # every 5th layer: each patched weight is backed up (fp32 here)
         # Neo keys its Gemma as `gemma2` (diffusion_engine/lumina.py:18): generic `text_encoders.gemma2.` keys only
         sd.update(peft_lora(te, 4, 0.5, seed=403, prefix="text_encoders.gemma2."))
         save_sorted(sd, paths["te_lora"])
