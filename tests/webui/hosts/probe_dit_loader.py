@@ -92,9 +92,17 @@ for name, with_te in LORAS:
     state = networks.load_lora_state_dict(os.path.join(models, "Lora", f"{name}.safetensors"))
     modules = {k.rsplit(".", 2)[0] for k in state if ".lora_" in k} | {k[: -len(".diff")] for k in state if k.endswith(".diff")}
     unet, clip = networks.load_lora_for_models(original.unet, original.clip, state, 1.0, 1.0, filename=name)
-    unet_keys = len(unet.patches) - len(original.unet.patches) if unet is not original.unet else 0
-    clip_keys = len(clip.patcher.patches) - len(original.clip.patcher.patches) if clip is not original.clip else 0
-    ok = unet_keys > 0 and (clip_keys > 0) == with_te and unet_keys + clip_keys == len(modules)
-    check(f"LoRA {name}", ok, f"{len(modules)} modules -> {unet_keys} DiT weights, {clip_keys} text-encoder weights patched")
+
+    def added(after, before):  # (weights patched, patch entries added): slices of one fused weight are one entry each
+        if after is before:
+            return 0, 0
+        count = lambda p: sum(len(v) for v in p.patches.values())  # noqa: E731
+        return len(after.patches) - len(before.patches), count(after) - count(before)
+
+    unet_keys, unet_entries = added(unet, original.unet)
+    clip_keys, clip_entries = added(clip.patcher if clip is not original.clip else original.clip.patcher, original.clip.patcher)
+    ok = unet_keys > 0 and (clip_keys > 0) == with_te and unet_entries + clip_entries == len(modules)
+    check(f"LoRA {name}", ok, f"{len(modules)} modules -> {unet_entries} DiT entries on {unet_keys} weights, "
+                              f"{clip_entries} text-encoder entries on {clip_keys} weights")
 print(f"peak RSS {rss_gb():.1f} GB")
 sys.exit(1 if failures else 0)
