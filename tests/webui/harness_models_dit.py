@@ -40,7 +40,7 @@ Neo's detection and its text-encoder/VAE classes fix (docs/dit-families.md, "Har
          LoRAs: kohya whole-fused (rand_chroma_lora), ai-toolkit/diffusers separate q/k/v/proj_mlp that Neo maps
          to slices of the fused qkv/linear1 (rand_chroma_diffusers_lora), kohya DiT + T5 lora_te1_* (te_lora),
          other, norm (query_norm diffs). NOTE: Neo at de2193d cannot load any Chroma checkpoint from a fresh
-         tree (no Chroma tokenizer.json: docs/dit-families.md §5.4).
+         tree (no Chroma tokenizer.json: docs/dit-families.md §5.5).
 Big files are streamed tensor by tensor (memory: the largest tensor, plus a VAE). Time: ~2 min each on 2 cores.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """PG on Forge Neo's diffusion transformers (issue 18, item 4), live, against the slow reference.
 
 Skipped unless PG_WEBUI_URL points at a Forge Neo harness started with one of the DiT harness models
-(tests/webui/harness_models_dit.py; the run command is in tests/webui/hosts/README.md, "DiT families") and
-the fork reference extension (tests/webui/hosts/reference_ext) linked. Each family's model is loaded at start
+(tests/webui/harness_models_dit.py; the run command is in tests/webui/hosts/README.md, "DiT harness models
+in Forge Neo") and the fork reference extension (tests/webui/hosts/reference_ext) linked. Each family's model is loaded at start
 (its text encoder and VAE as Neo's "VAE / Text Encoder" modules); the other families' tests skip.
 
 Per family: ω = 1 is PG off bit for bit; ω ∈ {0, 0.5} with a DiT-only LoRA, with a LoRA that also patches the
