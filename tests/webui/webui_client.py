@@ -14,7 +14,9 @@ REF = "pg reference"
 PROMPT_LORA = "a photo of a cat <lora:rand_lora:1>"
 # the harness model families: checkpoint name prefix -> (its subject LoRA, a second LoRA of the same family)
 FAMILY_LORAS = {"rand_sd15": ("rand_lora", "pg_other_lora"), "rand_sd21v": ("rand_sd21v_lora", "rand_sd21v_other_lora"),
-                "rand_sdxl": ("rand_sdxl_lora", "rand_sdxl_other_lora")}
+                "rand_sdxl": ("rand_sdxl_lora", "rand_sdxl_other_lora"),
+                "rand_anima": ("rand_anima_lora", "rand_anima_other_lora"),  # harness_models_dit.py
+                "rand_lumina2": ("rand_lumina2_lora", "rand_lumina2_other_lora")}
 
 
 def family_of(checkpoint_title: str) -> str:

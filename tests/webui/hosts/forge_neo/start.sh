@@ -16,12 +16,23 @@ host_model_args() {
   # verify_version; the value is read from that file, as a fresh install would write it)
   # UNET_DTYPE: Neo's "Diffusion in Low Bits" (e.g. "Automatic (fp16 LoRA)" = LoRAs patched on the fly, or
   # "float8-e4m3fn"); read only when the model loading parameters are refreshed at start (main_entry.py:127-142).
-  "$PY" - "$settings" "${CKPT:-rand_sd15.safetensors}" "$WEBUI/modules/launch_utils.py" "${UNET_DTYPE:-Automatic}" <<'PY'
+  # MODULES: the "VAE / Text Encoder" files a DiT checkpoint needs (comma-separated names under models/VAE or
+  # models/text_encoder; tests/webui/harness_models_dit.py). None by default, so that an SD/SDXL run after a
+  # DiT run in the same data dir does not inherit them (Neo keeps the list in its settings, main_entry.py:129).
+  "$PY" - "$settings" "${CKPT:-rand_sd15.safetensors}" "$WEBUI/modules/launch_utils.py" "$WEBUI/models" "${MODULES:-}" \
+      "${UNET_DTYPE:-Automatic}" <<'PY' || fail "could not write $settings"
 import json, os, re, sys
-path, ckpt, launch_utils, unet_dtype = sys.argv[1:5]
+path, ckpt, launch_utils, models, modules, unet_dtype = sys.argv[1:7]
 data = json.load(open(path)) if os.path.exists(path) else {}
 data["sd_model_checkpoint"] = ckpt
 data["forge_unet_storage_dtype"] = unet_dtype
+found = []
+for name in filter(None, modules.split(",")):
+    hits = [os.path.join(models, d, name) for d in ("VAE", "text_encoder") if os.path.isfile(os.path.join(models, d, name))]
+    if not hits:
+        sys.exit(f"MODULES: {name} is in neither {models}/VAE nor {models}/text_encoder")
+    found.append(os.path.abspath(hits[0]))
+data["forge_additional_modules"] = sorted(found)
 uid = re.search(r'^VERSION_UID\b[^=]*=\s*"([^"]*)"', open(launch_utils).read(), re.M)
 if uid and "VERSION_UID" not in data:
     data["VERSION_UID"] = uid.group(1)
