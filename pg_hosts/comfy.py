@@ -17,6 +17,7 @@ import sys
 import weakref
 from typing import Any, Callable, Optional
 
+from pg_ext.checkpoint import CheckpointMismatch
 from pg_ext.router import MarkedRowRouter
 from pg_ext.rows import WeakRows
 from pg_ext.session import merge_deltas
@@ -229,11 +230,16 @@ def selected_entries(after, original, owners: dict, chosen: set[int]) -> set[int
     return chosen_ids
 
 
-def original_param_of(patcher, module, name: str):
-    """A parameter of the patcher's UNet without any LoRA: the patcher's `backup[key].weight` while the model
-    is patched offline (the backup dict is shared by every clone), the parameter itself otherwise (not
-    patched, or online LoRAs that merge per forward and leave it as loaded)."""
-    root = patcher.model.diffusion_model
+def unpatched_param(root, module, name: str, saved: Callable[[str], Any]):
+    """A parameter of `module` (inside `root`, the patcher's `diffusion_model`) as the checkpoint loaded it,
+    without anything a patcher merged in: `saved(key)` is the host's backup of that key ('diffusion_model.'
+    + the path in `root`), or None when the host has not patched it (then the parameter itself is the
+    loaded value: not patched, or online/low-VRAM patches that merge per forward and leave it as loaded).
+
+    Base-checkpoint mode reads θ' − θ_base against this. A weight stored quantized or converted at load
+    (bnb/gguf, scaled fp8: its stored value is not the weight the layer computes with) cannot be read
+    exactly: CheckpointMismatch naming the key (a 422 before sampling, as for any base that cannot be used).
+    """
     paths = _module_paths.get(id(root))
     if paths is None or paths[0]() is not root:
         paths = (weakref.ref(root), {id(m): n for n, m in root.named_modules()})
@@ -242,8 +248,35 @@ def original_param_of(patcher, module, name: str):
     path = paths[1].get(id(module))
     if path is None:
         return getattr(module, name)
-    backup = patcher.backup.get(f"diffusion_model.{path}.{name}" if path else f"diffusion_model.{name}")
-    return backup.weight if backup is not None else getattr(module, name)
+    key = f"diffusion_model.{path}.{name}" if path else f"diffusion_model.{name}"
+    weight = getattr(module, name)
+    scaled = getattr(module, "scale_weight", None) is not None  # reForge's scaled fp8 (ops.py:404-444)
+    if any(hasattr(weight, attr) for attr in QUANTIZED) or hasattr(module, f"convert_{name}") or scaled:
+        raise CheckpointMismatch(f"the loaded model's UNet tensor '{key[len('diffusion_model.'):]}' is stored "
+                                 "quantized or converted at load (bnb/gguf/scaled fp8): base-checkpoint mode "
+                                 "cannot read the fine-tune's weights exactly there (load it in fp16/bf16/fp32)")
+    found = saved(key)
+    return weight if found is None else found
+
+
+def original_param_of(patcher, module, name: str):
+    """A parameter of the patcher's UNet without any LoRA (ComfyUI's patcher: reForge, Neo).
+
+    While the model is patched offline the original is the patcher's `backup[key].weight` (reForge
+    model_patcher.py:566-570, Neo base.py:473-474; the dict is shared by every clone, reForge :280, Neo
+    :236). reForge also keeps ComfyUI's weight hooks: a hook patch backs the weight it found up in
+    `hook_backup[key] = (weight, device)` (reForge :1152-1162), which is the original where no LoRA merged
+    into that key first; `get_key_patches` (:526-540) reads the two backups the same way."""
+    backup = patcher.backup
+    hooks = getattr(patcher, "hook_backup", None) or {}
+
+    def saved(key: str):
+        found = backup.get(key)
+        if found is not None:
+            return found.weight
+        hooked = hooks.get(key)
+        return hooked[0] if hooked is not None else None
+    return unpatched_param(patcher.model.diffusion_model, module, name, saved)
 
 
 _module_paths: dict = {}  # id(UNet) -> (weak ref to it, {id(module): its path}): one UNet at a time

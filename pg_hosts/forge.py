@@ -23,6 +23,8 @@ What PG relies on (file:line at that commit; see docs/forks.md §1 and §5):
   subclass torch's (`:158,293,312`). Quantized weights (bnb, gguf, fp8 `scale_weight`) are not handled:
   PG stays off for the pass and says so.
 * text encoder: `backend/patcher/clip.py:18-27`: `clip.patcher` patches `clip.cond_stage_model`.
+* base checkpoint (DreamBooth): θ' is the loaded checkpoint's UNet without the prompt's LoRAs, from the
+  loader's `backup` where it merged them (`original_param`); the LoRA differences are added on top.
 * attach: `modules/processing.py:1373-1377` (txt2img), hires `:1510` then reset and `:1522` (twice:
   `begin_pass` ends the previous pass first), img2img `:1851-1855`; `p.sd_model` is `shared.sd_model`
   (`:263-264`).
@@ -32,19 +34,33 @@ from __future__ import annotations
 from pg_ext.deltas import register_linear
 from pg_ext.session import merge_deltas
 
-from .comfy import QUANTIZED, file_key, layer_of, loaded_networks, low_vram, marked_router, selected_files
+from .comfy import (QUANTIZED, file_key, layer_of, loaded_networks, low_vram, marked_router, selected_files,
+                    unpatched_param)
 from .patches import patch_deltas
 from .reforge import (  # noqa: F401 (same in Forge)
-    original_param, replacement_unet_active, scheduling_args, unet)
+    replacement_unet_active, scheduling_args, unet)
 
 NAME = "forge"
-SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for Forge yet (the script refuses it)
+SUPPORTS_BASE_CHECKPOINT = True  # DreamBooth mode: differences read against the LoRA loader's backup
 
 
 def _register_layers() -> None:
     from backend.operations import ForgeOperations
 
     register_linear(ForgeOperations.Linear)
+
+
+def original_param(module, name: str):
+    """A UNet parameter as the loaded checkpoint has it, without the prompt's LoRAs (base-checkpoint mode reads
+    θ' − θ_base against it). Offline LoRAs are merged by the model's one `LoraLoader`, which keeps each
+    original in `backup[key]` (lora.py:407-408, a plain tensor; the loader is the model's, base.py:63-66) and
+    restores every one before it merges a new set (:379-386); online LoRAs leave the parameter as loaded."""
+    from modules import shared
+
+    _register_layers()  # checkpoint_deltas asks is_supported of each changed layer: Forge's Linear is one
+    patcher = shared.sd_model.forge_objects.unet
+    backup = patcher.model.lora_loader.backup
+    return unpatched_param(patcher.model.diffusion_model, module, name, backup.get)
 
 
 def moves_blocks_per_call(sd_model) -> bool:

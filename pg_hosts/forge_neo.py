@@ -36,21 +36,13 @@ from __future__ import annotations
 
 
 from .comfy import (  # noqa: F401 (the adapter's API)
-    backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, original_param_of,
-    plain_layer_of)
+    backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, plain_layer_of)
 from .patches import patch_deltas
 from .reforge import (  # noqa: F401 (same in Neo)
-    replacement_unet_active, unet, weak_uncond)
+    original_param, replacement_unet_active, unet, weak_uncond)
 
 NAME = "forge_neo"
 SUPPORTS_BASE_CHECKPOINT = True  # DreamBooth mode: differences read against the patcher's unpatched weights
-
-
-def original_param(module, name: str):
-    """A UNet parameter without the prompt's LoRAs (base-checkpoint mode reads its differences against it)."""
-    from modules import shared
-
-    return original_param_of(shared.sd_model.forge_objects.unet, module, name)
 
 
 def moves_blocks_per_call(sd_model) -> bool:

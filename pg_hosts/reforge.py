@@ -25,6 +25,9 @@ What PG relies on (file:line at that commit; see docs/forks.md §2):
   (`sd.py:175`, cloned at :186-189); `modules_forge/forge_clip.py:12` merges the CLIP LoRAs in place
   before every encode, so PG corrects the weak encode with its own per-layer hooks and never touches
   the shared patcher's entries.
+* base checkpoint (DreamBooth): θ' is the loaded checkpoint's UNet without the prompt's LoRAs, read from the
+  patcher's shared `backup` where it merged them (`model_patcher.py:566-570`, clones share it :280) or from
+  the parameter (`comfy.original_param_of`); the LoRA differences are added on top, as in A1111.
 * attach: `modules/processing.py:1458-1462` (txt2img), `:1568-1573` (hires, one call), `:1913-1917`
   (img2img) reset `forge_objects` from `forge_objects_after_applying_lora`, then call
   `process_before_every_sampling`, inside `p.sample` (`:1427`), which the entry script wraps.
@@ -32,12 +35,12 @@ What PG relies on (file:line at that commit; see docs/forks.md §2):
 from __future__ import annotations
 
 from .comfy import (  # noqa: F401 (the adapter's API)
-    UNCOND, backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, plain_layer_of,
-    rows_of_call)
+    UNCOND, backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, original_param_of,
+    plain_layer_of, rows_of_call)
 from .patches import patch_deltas
 
 NAME = "reforge"
-SUPPORTS_BASE_CHECKPOINT = False  # DreamBooth mode: not built for reForge yet (the script refuses it)
+SUPPORTS_BASE_CHECKPOINT = True  # DreamBooth mode: differences read against the patcher's unpatched weights
 
 
 def unet(sd_model):
@@ -46,7 +49,11 @@ def unet(sd_model):
 
 
 def original_param(module, name: str):
-    return getattr(module, name)  # unused while SUPPORTS_BASE_CHECKPOINT is False
+    """A UNet parameter as the loaded checkpoint has it, without the prompt's LoRAs (base-checkpoint mode reads
+    θ' − θ_base against it): the shared `backup` while the patcher has merged them (`comfy.original_param_of`)."""
+    from modules import shared
+
+    return original_param_of(shared.sd_model.forge_objects.unet, module, name)
 
 
 def moves_blocks_per_call(sd_model) -> bool:

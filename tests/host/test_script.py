@@ -222,13 +222,18 @@ def test_api_errors_are_http_422(runner):
     assert err.value.status_code == 422 and "'omega'" in err.value.detail and "7" in err.value.detail
 
 
-def test_dreambooth_controls_show_only_where_the_host_supports_them(runner, monkeypatch):
-    from pg_hosts import forge
+@pytest.mark.parametrize("host", ["a1111", "reforge", "forge", "forge_neo"])
+def test_dreambooth_controls_show_only_where_the_host_supports_them(runner, monkeypatch, host):
+    """Every host's adapter has base-checkpoint mode now; one that did not would hide the row, not remove it."""
+    import importlib
 
+    adapter = importlib.import_module(f"pg_hosts.{host}") if host != "a1111" else pg_module().HOST
     script = pg_script(runner)
-    assert script.base_row.kwargs["visible"] is True  # A1111 (the double)
     args_a1111 = len(script.ui(False))
-    monkeypatch.setattr(pg_module(), "HOST", forge)
+    monkeypatch.setattr(pg_module(), "HOST", adapter)
+    script.ui(False)
+    assert adapter.SUPPORTS_BASE_CHECKPOINT is True and script.base_row.kwargs["visible"] is True
+    monkeypatch.setattr(adapter, "SUPPORTS_BASE_CHECKPOINT", False)
     controls = script.ui(False)
     assert script.base_row.kwargs["visible"] is False
     assert len(controls) == args_a1111  # hidden, not removed: positional API arguments unchanged

@@ -20,8 +20,8 @@ def db_api(api):
     api.post("/sdapi/v1/options", {"sd_model_checkpoint": before})
 
 
-def db_request(**extra) -> dict:
-    r = wc.base_request(prompt=PROMPT, **extra)
+def db_request(prompt: str = PROMPT, **extra) -> dict:
+    r = wc.base_request(prompt=prompt, **extra)
     r["override_settings"] = {**r["override_settings"], "sd_model_checkpoint": DB}
     return r
 
@@ -61,3 +61,20 @@ def test_db_base_is_loaded_checkpoint_is_422(db_api):
 
 def test_db_off_unchanged_after_pg(db_api, db_off):
     assert (db_api.txt2img(db_request())["pixels"] == db_off).all(), "DreamBooth PG-off changed after PG jobs"
+
+
+def test_db_with_loras_in_the_prompt_matches_reference(db_api):
+    """A DreamBooth checkpoint with LoRAs on top: θ_ω = lerp(base, θ', ω) under the prompt's LoRAs, the selected
+    one at ω × strength (PG's definition). The forks' reference (tests/webui/hosts/reference_ext) builds exactly
+    that and says so in its infotext; A1111's lerps the LoRA-merged weights (another θ_ω when LoRAs are
+    loaded), so the case is skipped where that one answers."""
+    prompt = PROMPT + " <lora:rand_lora:1> <lora:pg_other_lora:0.8>"
+    ref = db_api.txt2img(wc.with_ref(db_request(prompt=prompt), 0.5, base=BASE, loras="rand_lora"))
+    if "PG reference kind: forks" not in ref["infotexts"][0]:
+        pytest.skip("A1111's reference has no base + LoRA mode (tests/webui/hosts/reference_ext has)")
+    off = db_api.txt2img(db_request(prompt=prompt))["pixels"]
+    pg = db_api.txt2img(wc.with_pg(db_request(prompt=prompt),
+                                   wc.pg_args(omega=0.5, base_checkpoint=BASE, loras="rand_lora")))
+    text = pg["infotexts"][0]
+    assert "PG base: " in text and "PG LoRAs: rand_lora" in text and "PG note" not in text, text
+    assert_matches(pg["pixels"], ref["pixels"], off, "DreamBooth exact + LoRAs ω=0.5")

@@ -11,10 +11,12 @@ from modules import prompt_parser, shared
 from modules.script_callbacks import CFGDenoiserParams, cfg_denoiser_callback
 from modules.sd_samplers import InterruptedException
 
-from backend.sampling.sampling_function import calc_cond_uncond_batch
-
 
 def forge_cfg_step(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
+    # found when the step runs: Forge Neo's CFG step is Forge 2's (docs/forks.md §3), so the Neo tests run this one
+    # with Neo's double as `backend` (tests/host/test_fork_script.py)
+    from backend.sampling.sampling_function import calc_cond_uncond_batch
+
     if shared.state.interrupted:
         raise InterruptedException
     _, text_cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)

@@ -4,8 +4,10 @@ The same script title and arguments as tests/webui/reference_ext (A1111), so the
 run unchanged: [enabled, omega, weak_prompt ("negative"|"empty"), base_checkpoint ("None" or a checkpoint
 of the WebUI's list), loras (comma-separated names to weaken; empty = every LoRA of the prompt)].
 
-* Base checkpoint (no LoRA in the prompt): θ_ω = lerp(base, θ', ω) for every UNet weight the base file
-  has, read tensor by tensor from the two checkpoint files, written in for the weak re-run as below.
+* Base checkpoint: θ_ω = lerp(base, θ', ω) for every UNet weight, read tensor by tensor from the two
+  checkpoint files; with LoRAs in the prompt, the weak chain's entries (below) are merged by the host's
+  function on top of that lerp instead of on top of θ' (the base under the same LoRAs, the selected ones at
+  ω × strength, as PG defines θ_ω for a DreamBooth model with LoRAs: README, `base_checkpoint`).
 
 * θ_ω is built by the host's own LoRA loader: the prompt's LoRAs are applied again to the model's original
   UNet and CLIP patchers (`forge_objects_original`), each selected LoRA at ω × its strengths, exactly as
@@ -121,13 +123,16 @@ def _weak_patchers(sd_model, state: _State):
     return unet, clip
 
 
-def _weak_weights(loaded_patcher, weak_patcher) -> dict:
-    """θ_ω for every weight the loaded (strong) patcher patches."""
+def _weak_weights(loaded_patcher, weak_patcher, start=None) -> dict:
+    """θ_ω for every weight the loaded (strong) patcher patches, merged from `start[key]` (float32; a base
+    lerp) where given, else from the original weight the host backed up."""
+    start = start or {}
     weak_entries = _entries(weak_patcher)
     out = {}
     for key in _entries(loaded_patcher):
         original = _original(loaded_patcher, key)
-        out[key] = _merge(weak_entries.get(key, []), original.float().clone(), key).to(dtype=original.dtype)
+        first = start[key].clone() if key in start else original.float().clone()
+        out[key] = _merge(weak_entries.get(key, []), first, key).to(dtype=original.dtype)
     return out
 
 
@@ -135,20 +140,34 @@ UNET_PREFIX = "model.diffusion_model."
 
 
 def _base_weights(model, base_file: str, loaded_file: str, omega: float) -> dict:
-    """key -> lerp(base, loaded, ω) for every UNet weight, from the two checkpoint files (no LoRA patched)."""
+    """key -> lerp(base, loaded, ω) in float32 on the CPU for every UNet weight, from the two checkpoint files."""
     from safetensors import safe_open
 
     out = {}
     with safe_open(base_file, framework="pt", device="cpu") as base_f, \
             safe_open(loaded_file, framework="pt", device="cpu") as loaded_f:
         base_keys = set(base_f.keys())
-        for name, param in model.diffusion_model.named_parameters():
+        for name, _ in model.diffusion_model.named_parameters():
             key = UNET_PREFIX + name
             if key not in base_keys:
                 raise RuntimeError(f"PG reference: base lacks {key}")
             base = base_f.get_tensor(key).to(dtype=torch.float32)
             loaded = loaded_f.get_tensor(key).to(dtype=torch.float32)
-            out[f"diffusion_model.{name}"] = torch.lerp(base, loaded, omega).to(device=param.device, dtype=param.dtype)
+            out[f"diffusion_model.{name}"] = torch.lerp(base, loaded, omega)
+    return out
+
+
+def _weak_unet_weights(state: _State, loaded_patcher) -> dict:
+    """θ_ω of every UNet weight the weak re-run writes in, each in its parameter's dtype and device."""
+    model = loaded_patcher.model
+    if not state.base_file:
+        return _weak_weights(loaded_patcher, state.weak_unet)
+    lerped = _base_weights(model, state.base_file, shared.sd_model.sd_checkpoint_info.filename, state.omega)
+    out = dict(lerped)
+    out.update(_weak_weights(loaded_patcher, state.weak_unet, lerped))  # the prompt's LoRAs on top of the lerp
+    for key, value in out.items():
+        param = model.get_parameter(key)
+        out[key] = value.to(device=param.device, dtype=param.dtype)
     return out
 
 
@@ -207,11 +226,8 @@ def _unet_wrapper(state: _State, loaded_patcher, inner=None):
         out = run(apply_model, args).clone()  # Mixture of Diffusers returns its buffer, zeroed by the next call
         if UNCOND not in flags:
             return out
-        if state.weak_weights is None and state.base_file:
-            loaded = shared.sd_model.sd_checkpoint_info.filename
-            state.weak_weights = _base_weights(loaded_patcher.model, state.base_file, loaded, state.omega)
-        elif state.weak_weights is None:
-            state.weak_weights = _weak_weights(loaded_patcher, state.weak_unet)
+        if state.weak_weights is None:
+            state.weak_weights = _weak_unet_weights(state, loaded_patcher)
         model = loaded_patcher.model
         strong = {}
         try:
@@ -248,10 +264,11 @@ class PGReferenceScript(common.ReferenceScript):
                 raise RuntimeError(f"PG reference: unknown base {base!r}")
             base_file = info.filename
         setattr(p, STATE_ATTR, _State(omega, weak_prompt, loras, base_file))
+        # which reference ran: A1111's lerps the LoRA-merged weights for a base with LoRAs, this one puts the
+        # prompt's LoRAs on the lerp (PG's θ_ω); tests/webui/test_pg_webui_dreambooth.py reads this
+        p.extra_generation_params["PG reference kind"] = "forks"
 
     def first_pass(self, p, state):
-        if state.base_file and _applied_loras(p.sd_model):
-            raise RuntimeError("PG reference (forks): a base checkpoint with LoRAs in the prompt is not supported")
         state.weak_unet, state.weak_clip = _weak_patchers(p.sd_model, state)
         state.weak_uc = _encode_weak(p, state)
         unet = p.sd_model.forge_objects.unet.clone()  # the host resets forge_objects before every pass
