@@ -53,19 +53,22 @@ METRICS = ("subject", "sim", "text", "bg_acc", "bg_err", "pos_acc")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure(model_names, samples: int, steps: int, batch: int = 100, labels=None) -> list[dict]:
+def measure(model_names, samples: int, steps: int, batch: int = 100, labels=None, json_path=None) -> list[dict]:
     """One row per (model, setting): mean and standard error of every metric over `samples` images.
 
-    `labels`: only the settings with these labels (a later round joined with --merge)."""
+    `labels`: only the settings with these labels (a later round joined with --merge), in this order;
+    `json_path`: the rows so far are written there after each setting (a run cut short keeps them)."""
     base, judge, features = load_base(), load_judge(weights_path("judge")), Features()
     contexts = data.new_contexts()
     contexts = [contexts[i % len(contexts)] for i in range(samples)]
     results = []
     for name in model_names:
         model = load_personalized(name, base)
-        for g in SETTINGS:
-            if labels and g.label not in labels:
-                continue
+        by_label = {g.label: g for g in SETTINGS}
+        missing = [label for label in labels or () if label not in by_label]
+        if missing:
+            raise SystemExit(f"unknown setting labels: {missing}")
+        for g in [by_label[label] for label in labels] if labels else SETTINGS:
             start = time.time()
             parts = []
             for lo in range(0, samples, batch):
@@ -82,8 +85,11 @@ def measure(model_names, samples: int, steps: int, batch: int = 100, labels=None
             results.append(row)
             print(f"{name:<13}{g.label:<18} subject {row['subject']:.3f}±{row['subject_se']:.3f} "
                   f"sim {row['sim']:.3f}±{row['sim_se']:.3f} text {row['text']:.3f}±{row['text_se']:.3f} "
-                  f"bg_err {row['bg_err']:.3f}±{row['bg_err_se']:.3f} pos {row['pos_acc']:.3f} "
-                  f"({time.time() - start:.0f}s)", flush=True)
+                  f"bg_acc {row['bg_acc']:.2f} bg_err {row['bg_err']:.3f}±{row['bg_err_se']:.3f} "
+                  f"pos {row['pos_acc']:.3f} ({time.time() - start:.0f}s)", flush=True)
+            if json_path:
+                with open(json_path, "w") as f:
+                    json.dump(results, f, indent=1)
     return results
 
 
@@ -184,8 +190,8 @@ def main(argv=None) -> None:
         with open(args.json) as f:
             results = json.load(f)
     else:
-        results = measure(args.models, args.samples, args.steps, labels=args.settings)
         os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        results = measure(args.models, args.samples, args.steps, labels=args.settings, json_path=args.json)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     for text in ("text", "bg_acc"):
