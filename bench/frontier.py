@@ -53,11 +53,13 @@ METRICS = ("subject", "sim", "text", "bg_acc", "bg_err", "pos_acc")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def measure(model_names, samples: int, steps: int, batch: int = 100, labels=None, json_path=None) -> list[dict]:
+def measure(model_names, samples: int, steps: int, batch: int = 100, labels=None, json_path=None,
+            seed_base: int = 1000) -> list[dict]:
     """One row per (model, setting): mean and standard error of every metric over `samples` images.
 
     `labels`: only the settings with these labels (a later round joined with --merge), in this order;
-    `json_path`: the rows so far are written there after each setting (a run cut short keeps them)."""
+    `json_path`: the rows so far are written there after each setting (a run cut short keeps them);
+    `seed_base`: the noise seeds (1000: every documented run; another value: a held-out replication)."""
     base, judge, features = load_base(), load_judge(weights_path("judge")), Features()
     contexts = data.new_contexts()
     contexts = [contexts[i % len(contexts)] for i in range(samples)]
@@ -73,7 +75,7 @@ def measure(model_names, samples: int, steps: int, batch: int = 100, labels=None
             parts = []
             for lo in range(0, samples, batch):
                 chunk = contexts[lo:lo + batch]
-                images = sample(model, [data.subject_prompt(b, p) for b, p in chunk], g, seed=lo + 1000, steps=steps)
+                images = sample(model, [data.subject_prompt(b, p) for b, p in chunk], g, seed=lo + seed_base, steps=steps)
                 parts.append(score(images, [b for b, _ in chunk], [p for _, p in chunk], judge, features))
             scores = {k: torch.cat([p[k] for p in parts]) for k in METRICS}
             method = ("auto" if g.auto else "sched") if g.kind == "pg" and g.scheduled else g.kind
@@ -174,6 +176,8 @@ def main(argv=None) -> None:
     parser.add_argument("--plot", default=os.path.join(ROOT, "docs", "img", "frontier.png"))
     parser.add_argument("--from-json", action="store_true", help="re-print and re-plot saved results")
     parser.add_argument("--settings", nargs="+", metavar="LABEL", help="only these settings, by label")
+    parser.add_argument("--seed-base", type=int, default=1000,
+                        help="noise seeds (default 1000, as every documented run; another: a held-out replication)")
     parser.add_argument("--merge", nargs="+", metavar="JSON",
                         help="join saved results (e.g. one run per model) into --json, then print and plot")
     args = parser.parse_args(argv)
@@ -191,7 +195,8 @@ def main(argv=None) -> None:
             results = json.load(f)
     else:
         os.makedirs(os.path.dirname(args.json), exist_ok=True)
-        results = measure(args.models, args.samples, args.steps, labels=args.settings, json_path=args.json)
+        results = measure(args.models, args.samples, args.steps, labels=args.settings, json_path=args.json,
+                          seed_base=args.seed_base)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     for text in ("text", "bg_acc"):

@@ -9,13 +9,25 @@ import json
 import pytest
 
 import webui_client as wc
-from test_pg_webui import CHANGED_MEAN, _xyz_payload, assert_equal, assert_matches
+from test_pg_webui import MATCH_MAX, MATCH_MEAN, _xyz_payload, assert_equal
 
-STEPS = 6  # the host's step counter reads 0, 0, 1, 2, 3, 4 of 6: auto guides the last two steps at ω = 0
+STEPS = 8  # the host's step counter reads 0, 0, 1, ..., 6 of 8: auto guides the steps at 4/8, 5/8, 6/8 at ω = 0
+CFG = 12   # the guided steps are the low-noise ones: a higher scale makes their change larger than the tolerance
+CHANGED_MEAN = 0.25  # ω only in the last steps changes less than a constant ω (test_pg_webui: 1.0) ...
+CHANGED_MAX = 4.0    # ... but somewhere by more than twice the match tolerance
 
 
 def request(**extra):
-    return wc.base_request(steps=STEPS, **extra)
+    return wc.base_request(steps=STEPS, cfg_scale=CFG, **extra)
+
+
+def assert_matches(pg, ref, off, what):
+    mx, mean = wc.diff(pg, ref)
+    off_max, off_mean = wc.diff(pg, off)
+    print(f"{what}: PG vs reference max {mx}/255 mean {mean:.4f}/255; PG vs off max {off_max}/255 mean {off_mean:.2f}/255")
+    assert off_mean >= CHANGED_MEAN and off_max >= CHANGED_MAX, \
+        f"{what}: PG did not change the image enough (max {off_max}/255, mean {off_mean:.3f}/255)"
+    assert mx <= MATCH_MAX and mean <= MATCH_MEAN, f"{what}: PG vs reference max {mx}/255, mean {mean:.4f}/255"
 
 
 # name: (PG's dict arguments, the reference's ω and schedule)
@@ -55,7 +67,8 @@ def test_reference_schedule_is_not_the_constant_omega(api, off):
     """The check above can fail: the per-step reference of auto differs from the reference at a constant ω = 0."""
     auto = api.txt2img(wc.with_ref(request(), 0.5, schedule="auto"))["pixels"]
     zero = api.txt2img(wc.with_ref(request(), 0.0))["pixels"]
-    assert wc.diff(auto, zero)[1] >= CHANGED_MEAN and wc.diff(auto, off)[1] >= CHANGED_MEAN
+    print(f"reference auto vs constant ω=0: {wc.diff(auto, zero)}; vs off: {wc.diff(auto, off)} (max, mean /255)")
+    assert wc.diff(auto, zero)[0] >= CHANGED_MAX and wc.diff(auto, off)[0] >= CHANGED_MAX
 
 
 def test_auto_positional_equals_dict_and_ignores_omega(api, auto_image):
@@ -85,13 +98,17 @@ def test_paste_round_trip_restores_the_schedule(api, values, keys):
     params = api.post("/sdapi/v1/png-info", {"image": "data:image/png;base64," + pg["raw_images"][0]})
     for key, value in keys:
         assert f"{key}: {value}" in params["info"], params["info"]
+    try:
+        api.txt2img({**request(), "infotext": api.txt2img(request())["infotexts"][0]})
+    except wc.ApiError as e:  # Forge and Neo: TypeError in modules/api/api.py, PG or not (test_pg_webui.py)
+        pytest.skip(f"this host's API cannot apply even a PG-off infotext: {e}")
     again = api.txt2img({**request(), "infotext": params["info"]})
     assert f"PG schedule: {values['schedule']}" in again["infotexts"][0], again["infotexts"][0]
     assert_equal(again["pixels"], pg["pixels"], f"image from the pasted infotext vs the original ({values})")
 
 
 def test_xyz_over_the_schedule(api, off, auto_image):
-    payload = _xyz_payload(api, "constant, auto", axis="[PG] ω schedule", steps=STEPS)
+    payload = _xyz_payload(api, "constant, auto", axis="[PG] ω schedule", dropdown=True, steps=STEPS)
     r = api.txt2img(payload)
     cells = r["images"][1:]
     assert len(cells) == 2, f"expected the grid and 2 cells, got {len(r['images'])} images"
@@ -103,6 +120,6 @@ def test_xyz_over_the_schedule(api, off, auto_image):
 
 
 def test_xyz_bad_schedule_value_fails(api, off):
-    r = api.post_raw("/sdapi/v1/txt2img", _xyz_payload(api, "auto, zigzag", axis="[PG] ω schedule", steps=STEPS))
+    r = api.post_raw("/sdapi/v1/txt2img", _xyz_payload(api, "auto, zigzag", axis="[PG] ω schedule", dropdown=True, steps=STEPS))
     assert 400 <= r.status_code < 500, f"HTTP {r.status_code} {r.text[:300]}"
     assert "schedule" in r.text and "zigzag" in r.text, r.text[:300]
