@@ -1,6 +1,6 @@
 """Rows of an earlier frontier run read back from docs/miniature.md's per-setting table (issue 19, rounds 1-3).
 
-    python bench/doc_rows.py --json out/frontier_doc_rows.json
+    python bench/doc_rows.py --no-late-band --json out/doc_sched_rows.json
 
 The table gives subject, feature sim, bg acc, bg error and "both right" per setting (100 samples, the same
 seeds as every run: bench/frontier.py is deterministic, and the rows that were re-run reproduce these digits).
@@ -53,8 +53,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=os.path.join(ROOT, "out", "frontier_doc_rows.json"))
     parser.add_argument("--all", action="store_true", help="also the constant-ω rows of round 3")
+    parser.add_argument("--no-late-band", action="store_true",
+                        help="without the late band (ω = 0 on [0.5, 1]): 'PG auto' rows are the same images")
     args = parser.parse_args()
-    got = [r for r in rows() if args.all or r["method"] == "sched"]
+    got = [r for r in rows() if (args.all or r["method"] == "sched")
+           and not (args.no_late_band and r["label"].startswith("PG w=0 [0.5,1] "))]
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(got, f, indent=1)
