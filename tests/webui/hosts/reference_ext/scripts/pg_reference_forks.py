@@ -49,7 +49,8 @@ class _State:
         self.omega, self.weak_prompt, self.loras, self.base_file = omega, weak_prompt, loras, base_file
         self.weak_unet = self.weak_clip = None
         self.weak_uc = None       # prompt schedules of the weak conditioning
-        self.weak_weights = {}    # ω -> (key -> θ_ω tensor), built at the first UNet call at that ω (the model is patched then)
+        self.weak_by_omega = {}   # ω -> (key -> θ_ω tensor), built at the first UNet call at that ω (the model is patched then)
+        self.weak_weights = None  # key -> θ_ω tensor of the current step's ω (one of weak_by_omega's values)
         self.step_omega = None    # this step's ω (on_cfg_denoiser); None before the first step
         self.calls = 0            # how many weak re-runs happened (printed at the end of the job)
 
@@ -190,17 +191,18 @@ def _unet_wrapper(state: _State, loaded_patcher, inner=None):
         omega = state.step_omega
         if UNCOND not in flags or omega is None or omega >= 1.0:
             return out  # no uncond rows, or a plain CFG step of a schedule
-        if omega not in state.weak_weights and state.base_file:
+        if omega not in state.weak_by_omega and state.base_file:
             loaded = shared.sd_model.sd_checkpoint_info.filename
-            state.weak_weights[omega] = _base_weights(loaded_patcher.model, state.base_file, loaded, omega)
-        elif omega not in state.weak_weights:
+            state.weak_by_omega[omega] = _base_weights(loaded_patcher.model, state.base_file, loaded, omega)
+        elif omega not in state.weak_by_omega:
             # the patcher first_pass built (at the text side's ω) serves that ω; another ω gets its own
             weak_unet = state.weak_unet if omega == state.text_omega else _weak_patchers(shared.sd_model, state, omega)[0]
-            state.weak_weights[omega] = _weak_weights(loaded_patcher, weak_unet)
+            state.weak_by_omega[omega] = _weak_weights(loaded_patcher, weak_unet)
+        state.weak_weights = state.weak_by_omega[omega]
         model = loaded_patcher.model
         strong = {}
         try:
-            for key, weak in state.weak_weights[omega].items():
+            for key, weak in state.weak_weights.items():
                 param = model.get_parameter(key)
                 strong[key] = param.data.clone()
                 param.data.copy_(weak)
