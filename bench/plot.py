@@ -5,7 +5,8 @@ import os
 
 from PIL import Image, ImageDraw
 
-COLORS = {"cfg": (40, 90, 200), "pg": (210, 40, 40), "sched": (230, 140, 0), "ag": (30, 150, 60)}
+COLORS = {"cfg": (40, 90, 200), "pg": (210, 40, 40), "sched": (230, 140, 0), "auto": (150, 40, 180),
+          "ag": (30, 150, 60)}
 PANEL_W, PANEL_H, MARGIN = 360, 300, 44
 AXIS = {"bg_acc": "background colour accuracy", "text": "background AND position right"}
 
@@ -44,7 +45,7 @@ def _panel(draw: ImageDraw.ImageDraw, ox: int, oy: int, title: str, rows: list[d
 
 def plot_frontiers(results: list[dict], path: str, key: str = "subject", text: str = "bg_acc") -> None:
     """2×2 panels (one per personalization) of `key` vs text fidelity `text`; CFG blue, PG red (constant ω),
-    SCHED orange (ω over the steps), AG green."""
+    SCHED orange (ω over the steps), AUTO purple (the automatic ω), AG green."""
     names = list(dict.fromkeys(r["model"] for r in results))
     cols = 2
     rows_n = (len(names) + cols - 1) // cols

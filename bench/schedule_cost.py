@@ -1,4 +1,4 @@
-"""What a changing ω costs on the miniature: CFG vs constant-ω PG vs a linear ω ramp, per personalization.
+"""What a changing ω costs on the miniature: CFG vs constant-ω PG vs a linear ω ramp vs auto, per personalization.
 
     python bench/schedule_cost.py [--images 50] [--steps 12] [--repeats 5]
 
@@ -22,7 +22,8 @@ from pg_mini import data  # noqa: E402
 from pg_mini.guide import Guidance, load_personalized, sample  # noqa: E402
 from pg_mini.io import load_base  # noqa: E402
 
-SETTINGS = (Guidance("cfg", 3.0), Guidance("pg", 3.0, 0.5), Guidance("pg", 3.0, 1.0, omega_end=0.0))
+SETTINGS = (Guidance("cfg", 3.0), Guidance("pg", 3.0, 0.5), Guidance("pg", 3.0, 1.0, omega_end=0.0),
+            Guidance("pg", 3.0, auto=True))
 
 
 def main(argv=None) -> None:

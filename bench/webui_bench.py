@@ -118,6 +118,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--steps-at", default="512:3", help="fewer steps at large sizes on CPU, e.g. 512:3")
     ap.add_argument("--omega", type=float, default=0.5)
+    ap.add_argument("--schedule", choices=("constant", "linear", "auto"), default="constant",
+                    help="PG's ω schedule (issue 19); 'linear' runs from --omega to --omega-end")
+    ap.add_argument("--omega-end", type=float, default=0.0)
     ap.add_argument("--family", choices=sorted(FAMILIES), default="sd15",
                     help="harness models (the WebUI must have that family's checkpoint loaded)")
     ap.add_argument("--only", default="", help="comma-separated groups: lora,loha,full,dreambooth,dreambooth-exact")
@@ -150,6 +153,13 @@ def main() -> None:
     print_table(args, pid, rows)
 
 
+def _pg(args, **values) -> list:
+    """PG's positional arguments at --omega with --schedule (constant: the 9 arguments older hosts take)."""
+    if args.schedule != "constant":
+        values.update(schedule=args.schedule, omega_end=args.omega_end)
+    return wc.pg_args(omega=args.omega, **values)
+
+
 def run_sizes(client, pid, args, family, groups, sizes, steps_at) -> list[tuple]:
     rows = []
     for size in sizes:
@@ -162,7 +172,7 @@ def run_sizes(client, pid, args, family, groups, sizes, steps_at) -> list[tuple]
             if kind in groups:
                 base = req(f"a photo of a cat <lora:{tag}:1>")
                 rows += [(size, steps) + r for r in run_group(client, pid, f"{kind} {size}px", {
-                    "CFG": base, f"PG {kind}": wc.with_pg(base, wc.pg_args(omega=args.omega))}, args.rounds)]
+                    "CFG": base, f"PG {kind}": wc.with_pg(base, _pg(args))}, args.rounds)]
         db_groups = {"dreambooth", "dreambooth-exact", "dreambooth-low-memory"} & set(groups)
         if db_groups:
             before = client.get("/sdapi/v1/options")["sd_model_checkpoint"]
@@ -171,11 +181,10 @@ def run_sizes(client, pid, args, family, groups, sizes, steps_at) -> list[tuple]
                 base = req("a photo of a sks cat")
                 variants = {"CFG": base}
                 if db_groups & {"dreambooth", "dreambooth-exact"}:
-                    variants["PG exact"] = wc.with_pg(base, wc.pg_args(omega=args.omega,
-                                                                       base_checkpoint=family["base"]))
+                    variants["PG exact"] = wc.with_pg(base, _pg(args, base_checkpoint=family["base"]))
                 if db_groups & {"dreambooth", "dreambooth-low-memory"}:
-                    variants["PG low-memory"] = wc.with_pg(base, wc.pg_args(
-                        omega=args.omega, base_checkpoint=family["base"], base_mode="low-memory"))
+                    variants["PG low-memory"] = wc.with_pg(base, _pg(args, base_checkpoint=family["base"],
+                                                                    base_mode="low-memory"))
                 rows += [(size, steps) + r for r in run_group(client, pid, f"dreambooth {size}px", variants,
                                                               args.rounds)]
             finally:
@@ -185,7 +194,9 @@ def run_sizes(client, pid, args, family, groups, sizes, steps_at) -> list[tuple]
 
 
 def print_table(args, pid, rows) -> None:
-    print(f"\n{args.family}, Euler, CFG 7, batch 1, ω={args.omega}, {args.rounds} rounds alternating after a warm-up; "
+    schedule = "" if args.schedule == "constant" else f" schedule {args.schedule}" + (
+        f" to {args.omega_end}" if args.schedule == "linear" else "")
+    print(f"\n{args.family}, Euler, CFG 7, batch 1, ω={args.omega}{schedule}, {args.rounds} rounds alternating after a warm-up; "
           f"OMP_NUM_THREADS as the WebUI was started; pid {pid}")
     print("| size | steps | group | variant | median s/image | best s/image | ratio vs CFG (median) | peak RSS GiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -135,9 +135,11 @@ FIELDS: tuple[Field, ...] = (
     # appended after the fields above: positional API arguments and infotext keys are append-only
     Field("schedule", "ω schedule", "PG schedule", "constant", _as_choice(SCHEDULES),
           "'constant': ω at every step; 'linear': ω moves in a straight line from ω (at 'Start at') to "
-          "'ω at the end' (at 'End at'). Plain CFG outside the range either way."),
+          "'ω at the end' (at 'End at'); 'auto': no ω to pick (ω and 'ω at the end' are ignored): plain CFG "
+          "for the first half of the steps, where layout and prompt are decided, then ω = 0, where the subject's "
+          "details form; the CFG scale alone sets subject vs prompt. Plain CFG outside the range always."),
     Field("omega_end", "ω at the end", "PG omega end", 0.0, _as_fraction,
-          "The 'linear' schedule's ω at 'End at' (ignored by 'constant'). Below ω: the weak branch unlearns "
+          "The 'linear' schedule's ω at 'End at' (ignored by 'constant' and 'auto'). Below ω: the weak branch unlearns "
           "more of the subject as the details form (more subject); above ω: less."),
 )
 NOTE_KEY = "PG note"  # one line when PG was asked for but ran as plain CFG, and why
@@ -224,7 +226,8 @@ class Settings:
             out["PG base mode"] = self.base_mode
         if self.schedule != "constant":  # nothing new for a constant ω: old infotexts stay as they were
             out["PG schedule"] = self.schedule
-            out["PG omega end"] = round(self.omega_end, 4)
+            if self.schedule == "linear":  # the only kind that reads it
+                out["PG omega end"] = round(self.omega_end, 4)
         return out
 
     @classmethod

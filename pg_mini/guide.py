@@ -21,7 +21,7 @@ from torch import nn
 from pg_ext.branch import WeakBranch
 from pg_ext.checkpoint import checkpoint_deltas
 from pg_ext.router import UNetRowRouter
-from pg_ext.schedule import OmegaSchedule
+from pg_ext.schedule import OmegaSchedule, ramp_down
 
 from . import data
 from .diffusion import ddim_sample
@@ -49,7 +49,9 @@ class Guidance:
     """One guidance setting: kind 'cfg' | 'pg' | 'ag', scale s, ω of the weak/bad weights and its schedule.
 
     `omega_end` given: ω moves linearly to it over [start, end] (pg_ext.schedule 'linear'); outside
-    [start, end] a step is plain CFG, as in the WebUI.
+    [start, end] a step is plain CFG, as in the WebUI. `auto`: pg_ext.schedule's 'auto' (ω and omega_end
+    unused). `ramp` (begin, finish): a candidate for 'auto' measured before choosing it, ω = 1 before
+    `begin`, 0 from `finish`, linear in between (pg_ext.schedule.ramp_down).
     """
 
     kind: str
@@ -58,9 +60,15 @@ class Guidance:
     omega_end: Optional[float] = None
     start: float = 0.0
     end: float = 1.0
+    auto: bool = False
+    ramp: Optional[tuple] = None
 
     @property
-    def schedule(self) -> OmegaSchedule:
+    def schedule(self):
+        if self.auto:
+            return OmegaSchedule("auto", self.omega, self.omega, self.start, self.end)
+        if self.ramp is not None:
+            return _Ramp(*self.ramp)
         if self.omega_end is None:
             return OmegaSchedule("constant", self.omega, self.omega, self.start, self.end)
         return OmegaSchedule("linear", self.omega, self.omega_end, self.start, self.end)
@@ -68,15 +76,34 @@ class Guidance:
     @property
     def scheduled(self) -> bool:
         """Whether ω changes over the steps (a ramp or a band of the steps)."""
-        return self.omega_end is not None or (self.start, self.end) != (0.0, 1.0)
+        return (self.omega_end is not None or (self.start, self.end) != (0.0, 1.0) or self.auto
+                or self.ramp is not None)
 
     @property
     def label(self) -> str:
         if self.kind == "cfg":
             return f"CFG s={self.scale:g}"
+        if self.auto:
+            return f"{self.kind.upper()} auto s={self.scale:g}"
+        if self.ramp is not None:
+            return f"{self.kind.upper()} ramp {self.ramp[0]:g}-{self.ramp[1]:g} s={self.scale:g}"
         omega = f"{self.omega:g}" if self.omega_end is None else f"{self.omega:g}>{self.omega_end:g}"
         band = "" if (self.start, self.end) == (0.0, 1.0) else f" [{self.start:g},{self.end:g}]"
         return f"{self.kind.upper()} w={omega}{band} s={self.scale:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ramp:
+    """A candidate 'auto' rule: ω = ramp_down(fraction done, begin, finish) over the whole run."""
+
+    begin: float
+    finish: float
+
+    def omega_at(self, fraction_done: float) -> float:
+        return ramp_down(fraction_done, self.begin, self.finish)
+
+    def lowest(self) -> float:
+        return 0.0
 
 
 def load_personalized(name: str, base: Optional[tuple] = None) -> Personalized:

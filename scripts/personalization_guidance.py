@@ -441,8 +441,8 @@ class PersonalizationGuidanceScript(scripts.Script):
             _note(p, "no LoRA or base checkpoint to act on: ran as plain CFG")
             return
         settings = session.settings
-        omega = (f"{settings.omega:.2f}" if settings.schedule == "constant"
-                 else f"{settings.omega:.2f}→{settings.omega_end:.2f} ({settings.schedule})")
+        omega = {"constant": f"{settings.omega:.2f}", "auto": "auto"}.get(
+            settings.schedule, f"{settings.omega:.2f}→{settings.omega_end:.2f} ({settings.schedule})")
         log.info("PG: ω=%s on %d UNet layers, %d text-encoder layers (%s)", omega,
                  plan.unet_layers, plan.text_layers, ", ".join(plan.networks) or "base checkpoint")
 

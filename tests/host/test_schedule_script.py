@@ -114,7 +114,7 @@ def test_xyz_schedule_axes_apply_per_cell_and_refuse_bad_values(runner):
     xyz_grid = next(d.module for d in scripts.scripts_data if d.path.endswith("xyz_grid.py"))
     axes = {o.label: o for o in xyz_grid.axis_options if o.label.startswith("[PG]")}
     schedule_axis, end_axis = axes["[PG] ω schedule"], axes["[PG] ω at the end"]
-    assert schedule_axis.choices() == ["constant", "linear"]
+    assert schedule_axis.choices() == ["constant", "linear", "auto"]
     p = make_p(runner, [{"enabled": True, "omega": 0.0, "omega_end": 1.0}], prompt="sks <lora:subject:1>")
     with pytest.raises(Exception, match="'schedule'"):
         schedule_axis.confirm(p, ["linear", "zigzag"])
@@ -124,3 +124,56 @@ def test_xyz_schedule_axes_apply_per_cell_and_refuse_bad_values(runner):
     assert "PG schedule" not in cells[0].infotexts[0] and "PG schedule: linear" in cells[1].infotexts[0]
     assert not torch.equal(images(cells[0]), images(cells[1]))
     assert end_axis.format_value(p, end_axis, 0.25) == "PG ω at the end: 0.25"
+
+
+# -- auto (issue 19 item 2) --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("steps", [4, 8])
+def test_auto_equals_slow_reference_at_each_steps_omega(runner, steps):
+    """auto: plain CFG while less than half the run is done, ω = 0 after (the reference's own formula here,
+    not pg_ext's: A1111's step counter reads 0, 0, 1/n, 2/n, ...)."""
+    pg, _ = run(runner, [{"enabled": True, "schedule": "auto", "omega": 0.7, "omega_end": 0.9}], steps=steps)
+    with SlowReference(lambda fraction: 0.0 if fraction >= 0.5 else 1.0, text_omega=0.0):
+        ref, _ = run(runner, steps=steps)
+    torch.testing.assert_close(images(pg), images(ref), rtol=1e-4, atol=1e-4)
+    off, _ = run(runner, steps=steps)
+    assert (images(pg) - images(off)).abs().max() > 1e-3
+    assert "PG schedule: auto" in pg.infotexts[0] and "PG omega end" not in pg.infotexts[0]
+    assert_no_hooks()
+
+
+def test_auto_ignores_omega_and_omega_end_and_is_the_late_band(runner):
+    a, _ = run(runner, [{"enabled": True, "schedule": "auto", "omega": 0.7, "omega_end": 0.9}], steps=8)
+    b, _ = run(runner, [{"enabled": True, "schedule": "auto", "omega": 1.0, "omega_end": 0.0}], steps=8)
+    late, _ = run(runner, [{"enabled": True, "omega": 0.0, "start": 0.5}], steps=8)
+    assert torch.equal(images(a), images(b)) and torch.equal(images(a), images(late))
+
+
+def test_auto_steps_set_one_then_zero_on_the_branch(runner, monkeypatch):
+    from pg_ext.branch import WeakBranch
+
+    seen = []
+    original = WeakBranch.set_omega
+    monkeypatch.setattr(WeakBranch, "set_omega", lambda self, omega: seen.append(omega) or original(self, omega))
+    run(runner, [{"enabled": True, "schedule": "auto"}], steps=8)
+    # constructors (text at the middle, UNet at the lowest ω: both 0), then only the guided steps set ω:
+    # the step counter reads 0, 0, 1, ..., 6 of 8: the three steps at 4/8, 5/8 and 6/8 are ω = 0
+    assert seen[:2] == [0.0, 0.0] and seen[2:] == [0.0] * 3
+
+
+def test_paste_and_positional_restore_auto(runner):
+    pg, _ = run(runner, [{"enabled": True, "schedule": "auto"}])
+    script = pg_script(runner)
+    by_field = dict(zip(FIELDS, (v.get("value") for v in infotext_utils.paste(pg.infotexts[0], script.infotext_fields))))
+    assert by_field["schedule"] == "auto"
+    by_position, _ = run(runner, [True, 0.5, "", "negative", 0.0, 1.0, True, "None", "exact", "auto", 0.0])
+    assert torch.equal(images(pg), images(by_position))
+
+
+def test_xyz_auto_cell(runner):
+    xyz_grid = next(d.module for d in scripts.scripts_data if d.path.endswith("xyz_grid.py"))
+    axis = next(o for o in xyz_grid.axis_options if o.label == "[PG] ω schedule")
+    p = make_p(runner, [{"enabled": True, "omega": 0.0, "start": 0.5}], steps=8)
+    cells = xyz_grid.run_grid(p, axis, ["constant", "auto"])
+    assert "PG schedule: auto" in cells[1].infotexts[0]
+    assert torch.equal(images(cells[0]), images(cells[1]))  # the same steps, the same ω

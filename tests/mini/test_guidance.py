@@ -77,6 +77,8 @@ def test_sampling_leaves_no_hooks(model):
     Guidance("pg", 3.0, 1.0, omega_end=0.0),            # falling ramp: ω 1, 0.75, 0.5, 0.25
     Guidance("pg", 3.0, 0.0, omega_end=1.0),            # rising ramp
     Guidance("pg", 3.0, 0.2, start=0.25, end=0.75),     # ω = 0.2 in a band of the steps, plain CFG outside
+    Guidance("pg", 3.0, auto=True),                     # auto: ω 1, 1, 0, 0
+    Guidance("pg", 3.0, ramp=(0.25, 0.75)),             # a candidate for auto: ω 1, 1, 0.5, 0
 ])
 def test_scheduled_pg_equals_a_sampler_that_applies_each_steps_omega(model, guidance):
     steps, scale = 4, guidance.scale
@@ -98,6 +100,14 @@ def test_scheduled_pg_equals_a_sampler_that_applies_each_steps_omega(model, guid
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     constant = sample(model, PROMPTS, Guidance("pg", scale, guidance.omega), seed=7, steps=steps)
     assert (got - constant).abs().max() > 1e-2  # the schedule changes the image
+
+
+def test_auto_is_the_late_band_bit_for_bit(model):
+    """The measurement's 'PG auto' rows are the late band's (ω = 0 from half the steps): same images."""
+    auto = sample(model, PROMPTS, Guidance("pg", 4.0, auto=True), seed=3, steps=6)
+    late = sample(model, PROMPTS, Guidance("pg", 4.0, 0.0, start=0.5), seed=3, steps=6)
+    assert torch.equal(auto, late)
+    assert Guidance("pg", 4.0, auto=True).label == "PG auto s=4"
 
 
 def test_constant_schedule_is_the_loop_before_schedules_bit_for_bit(model):

@@ -9,7 +9,7 @@ import pg_ext.branch
 from pg_ext.branch import WeakBranch
 from pg_ext.config import Settings, SettingsError
 from pg_ext.deltas import DenseDelta
-from pg_ext.schedule import OmegaSchedule
+from pg_ext.schedule import OmegaSchedule, ramp_down
 
 
 # -- schedule math ----------------------------------------------------------------------------------
@@ -28,6 +28,24 @@ def test_linear_runs_from_omega_at_start_to_omega_end_at_end():
     assert [band.omega_at(f) for f in (0.5, 0.5625, 0.625)] == pytest.approx([0.2, 0.3, 0.4])
     assert band.lowest() == 0.2 and band.middle() == pytest.approx(0.4)
     assert OmegaSchedule("linear", 0.9, 0.1).lowest() == 0.1
+
+
+def test_auto_is_plain_cfg_for_the_first_half_then_omega_zero():
+    s = OmegaSchedule("auto", omega=0.7, omega_end=0.9)  # ω and omega_end play no part
+    assert [s.omega_at(f) for f in (0.0, 0.25, 0.49, 0.5, 0.75, 1.0)] == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert s.lowest() == 0.0 and s.middle() == 0.0
+    # inside [start, end] only; a range that ends before half the run never guides
+    assert OmegaSchedule("auto", start=0.6).omega_at(0.55) == 1.0 and OmegaSchedule("auto", start=0.6).lowest() == 0.0
+    assert OmegaSchedule("auto", end=0.5).lowest() == 1.0
+    assert not Settings(enabled=True, schedule="auto", end=0.5).active()
+    assert Settings(enabled=True, schedule="auto", omega=1.0).active()  # ω = 1 does not turn auto off
+    late = OmegaSchedule("constant", omega=0.0, start=0.5)  # the measured late band
+    assert all(s.omega_at(i / 20) == late.omega_at(i / 20) for i in range(21))
+
+
+def test_ramp_down_is_linear_between_and_a_step_when_equal():
+    assert [ramp_down(f, 0.25, 0.75) for f in (0.0, 0.25, 0.5, 0.75, 1.0)] == pytest.approx([1.0, 1.0, 0.5, 0.0, 0.0])
+    assert [ramp_down(f, 0.5, 0.5) for f in (0.49, 0.5)] == [1.0, 0.0]
 
 
 def test_settings_use_their_schedule():
@@ -56,6 +74,7 @@ def test_bad_values_name_the_field_and_quote_the_value(values, field, quoted):
 
 def test_schedule_is_read_case_and_space_insensitively_and_positionally():
     assert Settings.from_values({"schedule": " Linear "}).schedule == "linear"
+    assert Settings.from_values({"schedule": "AUTO"}).schedule == "auto"
     s = Settings.from_positional([True, 0.2, "", "negative", 0.0, 1.0, True, "None", "exact", "linear", 0.8])
     assert (s.schedule, s.omega_end) == ("linear", 0.8)
     with pytest.raises(SettingsError, match="'args'"):
@@ -70,6 +89,9 @@ def test_infotext_has_schedule_keys_only_when_not_constant():
     assert linear.infotext()["PG schedule"] == "linear" and linear.infotext()["PG omega end"] == 0.9
     assert Settings.from_infotext({k: str(v) for k, v in linear.infotext().items()}) == linear
     assert Settings.from_infotext({"PG omega": "0.3"}).schedule == "constant"
+    auto = Settings(enabled=True, omega=0.3, schedule="auto")
+    assert auto.infotext() == {"PG omega": 0.3, "PG weak prompt": "negative", "PG schedule": "auto"}
+    assert Settings.from_infotext({k: str(v) for k, v in auto.infotext().items()}) == auto
 
 
 # -- per-step ω on the weak branch ------------------------------------------------------------------

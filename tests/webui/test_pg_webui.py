@@ -178,16 +178,18 @@ def test_server_fine_after_bad_input(api, off_image):
 
 # -- X/Y/Z plot ---------------------------------------------------------------------------------------
 
-def _xyz_payload(api, values: str) -> dict:
+def _xyz_payload(api, values: str, axis: str = "[PG] ω", dropdown: bool = False, **request) -> dict:
+    """`dropdown`: an axis with choices (the X/Y/Z script reads its values from the dropdown list then)."""
     info = api.get("/sdapi/v1/script-info")
     xyz = next(s for s in info if s["name"] == "x/y/z plot" and not s["is_img2img"])
     choices = xyz["args"][0]["choices"]
-    index = choices.index("[PG] ω")
-    payload = wc.base_request()
+    index = choices.index(axis)
+    payload = wc.base_request(**request)
     # built from the host's own argument list (the forks' X/Y/Z has other arguments in another order):
     # every control at its UI default, then the axes (types are dropdown indices, 0 = Nothing) and two checkboxes
     args = [a.get("value") for a in xyz["args"]]
-    args[:9] = [index, values, [], 0, "", [], 0, "", []]
+    listed = [v.strip() for v in values.split(",")] if dropdown else []
+    args[:9] = [index, values, listed, 0, "", [], 0, "", []]
     labels = [a.get("label") for a in xyz["args"]]
     args[labels.index("Draw legend")] = True
     args[labels.index("Include Sub Images")] = True  # the cells come back after the grid

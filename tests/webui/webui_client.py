@@ -95,9 +95,13 @@ def base_request(prompt: str = PROMPT_LORA, size: int = 64, steps: int = 3, seed
     return payload
 
 
+SCHEDULE_FIELDS = ("schedule", "omega_end")  # positional 9 and 10: sent only when asked for (older requests keep 9)
+
+
 def pg_args(**values) -> list:
-    merged = {**DEFAULTS, **values}
-    return [merged[f] for f in FIELDS]
+    merged = {**DEFAULTS, "schedule": "constant", "omega_end": 0.0, **values}
+    fields = FIELDS + SCHEDULE_FIELDS if any(k in values for k in SCHEDULE_FIELDS) else FIELDS
+    return [merged[f] for f in fields]
 
 
 def with_pg(payload: dict, args) -> dict:
@@ -106,9 +110,12 @@ def with_pg(payload: dict, args) -> dict:
     return out
 
 
-def with_ref(payload: dict, omega: float, weak_prompt: str = "negative", base: str = "None", loras: str = "") -> dict:
+def with_ref(payload: dict, omega: float, weak_prompt: str = "negative", base: str = "None", loras: str = "",
+             schedule: str = "") -> dict:
+    """The slow reference at ω; `schedule` ("auto", "linear:OMEGA_END:START:END", ...): ω per step
+    (tests/webui/pg_reference_common.step_omegas)."""
     out = json.loads(json.dumps(payload))
-    out["alwayson_scripts"][REF] = {"args": [True, omega, weak_prompt, base, loras]}
+    out["alwayson_scripts"][REF] = {"args": [True, omega, weak_prompt, base, loras, schedule]}
     return out
 
 

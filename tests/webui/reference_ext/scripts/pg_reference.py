@@ -12,6 +12,11 @@ batch size) are run AGAIN through the k-diffusion wrapper with the weak model θ
 The weak conditioning (negative or empty prompt) is encoded once per pass with the selected networks'
 `te_multiplier` scaled by ω, and substituted for the host's uncond in on_cfg_denoiser.
 
+ω over the steps (the optional 6th argument, pg_reference_common.step_omegas): each step's ω comes from the
+host's step counter (`sampling_step / total_sampling_steps`) in on_cfg_denoiser; a step at ω = 1 is left to
+the host (its own uncond, no re-run), any other step is re-run at that ω as above; the weak conditioning is
+encoded at the ω halfway through the schedule's range.
+
 API args: [enabled, omega, weak_prompt ("negative"|"empty"), base_checkpoint ("None" or a checkpoint
 name), loras (comma-separated names to weaken; empty = every loaded network)].
 """
@@ -141,7 +146,7 @@ class PGReferenceScript(common.ReferenceScript):
 
     def first_pass(self, p, state):
         cond = common.weak_prompts(p, state.weak_prompt)
-        with _Scaled(_networks(state.loras), "te_multiplier", state.omega), devices.autocast():
+        with _Scaled(_networks(state.loras), "te_multiplier", state.text_omega), devices.autocast():
             state.weak_uc = prompt_parser.get_learned_conditioning(
                 shared.sd_model, cond, p.firstpass_steps, None, shared.opts.use_old_scheduling)
 
@@ -150,22 +155,26 @@ def on_cfg_denoiser(params):
     state = _active["state"]
     if state is None or state.weak_uc is None:
         return
+    state.saved = None
+    omega = state.omega_at(params.sampling_step / max(params.total_sampling_steps, 1))
+    if omega >= 1.0:
+        return  # plain CFG step: the host's own uncond, no re-run
     uncond = prompt_parser.reconstruct_cond_batch(state.weak_uc, params.denoiser.step)
     params.text_uncond = uncond
     b = len(uncond["crossattn"]) if isinstance(uncond, dict) else len(uncond)
-    state.saved = (params.x[-b:].clone(), params.sigma[-b:].clone(), params.image_cond[-b:].clone(), uncond)
+    state.saved = (params.x[-b:].clone(), params.sigma[-b:].clone(), params.image_cond[-b:].clone(), uncond, omega)
 
 
 def on_cfg_denoised(params):
     state = _active["state"]
     if state is None or state.saved is None:
         return
-    x, sigma, image_cond, uncond = state.saved
+    x, sigma, image_cond, uncond, omega = state.saved
     state.saved = None
     b = len(x)
     unet = shared.sd_model.model.diffusion_model
-    with torch.no_grad(), _Scaled(_networks(state.loras), "unet_multiplier", state.omega), \
-            _Interpolated(unet, state.base_file, state.omega):
+    with torch.no_grad(), _Scaled(_networks(state.loras), "unet_multiplier", omega), \
+            _Interpolated(unet, state.base_file, omega):
         weak = params.inner_model(x, sigma, cond=_condition(uncond, image_cond))
     params.x[-b:] = weak
     state.calls += 1

@@ -20,6 +20,10 @@ of the WebUI's list), loras (comma-separated names to weaken; empty = every LoRA
   original weights the host backed up when it patched the model); the uncond rows are taken from that
   call, and the parameters get their exact values back right after it.
 
+ω over the steps (the optional 6th argument, pg_reference_common.step_omegas): each step's ω comes from the
+host's step counter in on_cfg_denoiser; a step at ω = 1 is left to the host (its own uncond, no re-run); θ_ω
+is built as above once per distinct ω (the weak CLIP patcher at the ω halfway through the schedule's range).
+
 First pass only (as the A1111 reference); a hires pass runs as the host does.
 """
 from __future__ import annotations
@@ -47,7 +51,9 @@ class _State:
         self.omega, self.weak_prompt, self.loras, self.base_file = omega, weak_prompt, loras, base_file
         self.weak_unet = self.weak_clip = None
         self.weak_uc = None       # prompt schedules of the weak conditioning
-        self.weak_weights = None  # key -> θ_ω tensor, built at the first UNet call (the model is patched then)
+        self.weak_by_omega = {}   # ω -> (key -> θ_ω tensor), built at the first UNet call at that ω (the model is patched then)
+        self.weak_weights = None  # key -> θ_ω tensor of the current step's ω (one of weak_by_omega's values)
+        self.step_omega = None    # this step's ω (on_cfg_denoiser); None before the first step
         self.calls = 0            # how many weak re-runs happened (printed at the end of the job)
 
 
@@ -114,11 +120,11 @@ def _applied_loras(sd_model) -> list:
     return [(t[0], float(t[1]), float(t[2]), list(t[3:]), names.get(t[0])) for t in applied]
 
 
-def _weak_patchers(sd_model, state: _State):
+def _weak_patchers(sd_model, state: _State, omega: float):
     """The model's original UNet and CLIP patchers with the prompt's LoRAs, the selected ones at ω × strength."""
     unet, clip = sd_model.forge_objects_original.unet, sd_model.forge_objects_original.clip
     for filename, unet_strength, te_strength, extra, name in _applied_loras(sd_model):
-        scale = state.omega if not state.loras or name in state.loras else 1.0
+        scale = omega if not state.loras or name in state.loras else 1.0
         unet, clip = _apply_lora(unet, clip, filename, unet_strength * scale, te_strength * scale, extra)
     return unet, clip
 
@@ -157,14 +163,15 @@ def _base_weights(model, base_file: str, loaded_file: str, omega: float) -> dict
     return out
 
 
-def _weak_unet_weights(state: _State, loaded_patcher) -> dict:
-    """θ_ω of every UNet weight the weak re-run writes in, each in its parameter's dtype and device."""
+def _weak_unet_weights(state: _State, loaded_patcher, omega: float, weak_unet) -> dict:
+    """θ_ω of every UNet weight the weak re-run writes in, each in its parameter's dtype and device (`weak_unet`:
+    the prompt's LoRAs with the selected ones at ω × strength)."""
     model = loaded_patcher.model
     if not state.base_file:
-        return _weak_weights(loaded_patcher, state.weak_unet)
-    lerped = _base_weights(model, state.base_file, shared.sd_model.sd_checkpoint_info.filename, state.omega)
+        return _weak_weights(loaded_patcher, weak_unet)
+    lerped = _base_weights(model, state.base_file, shared.sd_model.sd_checkpoint_info.filename, omega)
     out = dict(lerped)
-    out.update(_weak_weights(loaded_patcher, state.weak_unet, lerped))  # the prompt's LoRAs on top of the lerp
+    out.update(_weak_weights(loaded_patcher, weak_unet, lerped))  # the prompt's LoRAs on top of the lerp
     for key, value in out.items():
         param = model.get_parameter(key)
         out[key] = value.to(device=param.device, dtype=param.dtype)
@@ -224,10 +231,14 @@ def _unet_wrapper(state: _State, loaded_patcher, inner=None):
     def wrapper(apply_model, args):
         flags = args["cond_or_uncond"]
         out = run(apply_model, args).clone()  # Mixture of Diffusers returns its buffer, zeroed by the next call
-        if UNCOND not in flags:
-            return out
-        if state.weak_weights is None:
-            state.weak_weights = _weak_unet_weights(state, loaded_patcher)
+        omega = state.step_omega
+        if UNCOND not in flags or omega is None or omega >= 1.0:
+            return out  # no uncond rows, or a plain CFG step of a schedule
+        if omega not in state.weak_by_omega:
+            # the patcher first_pass built (at the text side's ω) serves that ω; another ω gets its own
+            weak_unet = state.weak_unet if omega == state.text_omega else _weak_patchers(shared.sd_model, state, omega)[0]
+            state.weak_by_omega[omega] = _weak_unet_weights(state, loaded_patcher, omega, weak_unet)
+        state.weak_weights = state.weak_by_omega[omega]
         model = loaded_patcher.model
         strong = {}
         try:
@@ -269,7 +280,7 @@ class PGReferenceScript(common.ReferenceScript):
         p.extra_generation_params["PG reference kind"] = "forks"
 
     def first_pass(self, p, state):
-        state.weak_unet, state.weak_clip = _weak_patchers(p.sd_model, state)
+        state.weak_unet, state.weak_clip = _weak_patchers(p.sd_model, state, state.text_omega)
         state.weak_uc = _encode_weak(p, state)
         unet = p.sd_model.forge_objects.unet.clone()  # the host resets forge_objects before every pass
         inner = unet.model_options.get("model_function_wrapper")  # set by a script before this one (MultiDiffusion)
@@ -281,7 +292,9 @@ class PGReferenceScript(common.ReferenceScript):
 def on_cfg_denoiser(params):
     state = _active["state"]
     if state is not None and state.weak_uc is not None:
-        params.text_uncond = prompt_parser.reconstruct_cond_batch(state.weak_uc, params.denoiser.step)
+        state.step_omega = state.omega_at(params.sampling_step / max(params.total_sampling_steps, 1))
+        if state.step_omega < 1.0:  # a plain CFG step of a schedule keeps the host's uncond
+            params.text_uncond = prompt_parser.reconstruct_cond_batch(state.weak_uc, params.denoiser.step)
 
 
 script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
