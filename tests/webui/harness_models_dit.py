@@ -225,20 +225,24 @@ def calibrate_wan_vae(sd: dict, config: dict) -> float:
         return float(vae.decode(z).std())
 
 
+def family_paths(family: str, te: str, vae: str, loras: tuple) -> dict:
+    """Where a family's files go: its DiT `rand_<family>`, the text encoder and VAE it needs, and its LoRAs
+    `rand_<family>_<kind>_lora` under the harness's models dirs (kinds: "lora" is the plain DiT-only one)."""
+    out = {"dit": os.path.join(MODELS, "Stable-diffusion", f"rand_{family}.safetensors"),
+           "te": os.path.join(MODELS, "text_encoder", te), "vae": os.path.join(MODELS, "VAE", vae)}
+    for kind in loras:
+        name = f"rand_{family}_lora" if kind == "lora" else f"rand_{family}_{kind.replace('te_lora', 'te')}_lora"
+        out[kind] = os.path.join(MODELS, "Lora", f"{name}.safetensors")
+    return out
+
+
 def make_anima(force: bool) -> list[str]:
     from backend.nn.anima import Anima
     from backend.nn.llm.llama import Qwen3_06B
     from backend.nn.wan_vae import WanVAE
 
-    paths = {
-        "dit": os.path.join(MODELS, "Stable-diffusion", "rand_anima.safetensors"),
-        "te": os.path.join(MODELS, "text_encoder", "rand_qwen3_06b.safetensors"),
-        "vae": os.path.join(MODELS, "VAE", "rand_wan21_vae.safetensors"),
-        "lora": os.path.join(MODELS, "Lora", "rand_anima_lora.safetensors"),
-        "te_lora": os.path.join(MODELS, "Lora", "rand_anima_te_lora.safetensors"),
-        "other": os.path.join(MODELS, "Lora", "rand_anima_other_lora.safetensors"),
-        "norm": os.path.join(MODELS, "Lora", "rand_anima_norm_lora.safetensors"),
-    }
+    paths = family_paths("anima", "rand_qwen3_06b.safetensors", "rand_wan21_vae.safetensors",
+                         ('lora', 'te_lora', 'other', 'norm'))
     written = []
     dit_layout = meta_layout(lambda: Anima(**ANIMA_CONFIG))
     te_full = meta_layout(lambda: Qwen3_06B({}))
@@ -324,15 +328,8 @@ def make_lumina2(force: bool) -> list[str]:
     from backend.nn.lumina import NextDiT
     from backend.nn.vae import IntegratedAutoencoderKL
 
-    paths = {
-        "dit": os.path.join(MODELS, "Stable-diffusion", "rand_lumina2.safetensors"),
-        "te": os.path.join(MODELS, "text_encoder", "rand_gemma2_2b.safetensors"),
-        "vae": os.path.join(MODELS, "VAE", "rand_flux_vae.safetensors"),
-        "lora": os.path.join(MODELS, "Lora", "rand_lumina2_lora.safetensors"),
-        "te_lora": os.path.join(MODELS, "Lora", "rand_lumina2_te_lora.safetensors"),
-        "other": os.path.join(MODELS, "Lora", "rand_lumina2_other_lora.safetensors"),
-        "norm": os.path.join(MODELS, "Lora", "rand_lumina2_norm_lora.safetensors"),
-    }
+    paths = family_paths("lumina2", "rand_gemma2_2b.safetensors", "rand_flux_vae.safetensors",
+                         ('lora', 'te_lora', 'other', 'norm'))
     written = []
     dit_layout = meta_layout(lambda: NextDiT(**LUMINA_CONFIG))
     te_layout = meta_layout(lambda: Gemma2_2B({}))
@@ -427,16 +424,8 @@ def t5_layout(repo: str) -> dict:
 def make_chroma(force: bool) -> list[str]:
     from modules_forge.packages.comfy.utils import flux_to_diffusers
 
-    paths = {
-        "dit": os.path.join(MODELS, "Stable-diffusion", "rand_chroma.safetensors"),
-        "te": os.path.join(MODELS, "text_encoder", "rand_t5xxl_fp8.safetensors"),
-        "vae": os.path.join(MODELS, "VAE", "rand_flux_vae.safetensors"),
-        "lora": os.path.join(MODELS, "Lora", "rand_chroma_lora.safetensors"),
-        "diffusers": os.path.join(MODELS, "Lora", "rand_chroma_diffusers_lora.safetensors"),
-        "te_lora": os.path.join(MODELS, "Lora", "rand_chroma_te_lora.safetensors"),
-        "other": os.path.join(MODELS, "Lora", "rand_chroma_other_lora.safetensors"),
-        "norm": os.path.join(MODELS, "Lora", "rand_chroma_norm_lora.safetensors"),
-    }
+    paths = family_paths("chroma", "rand_t5xxl_fp8.safetensors", "rand_flux_vae.safetensors",
+                         ('lora', 'diffusers', 'te_lora', 'other', 'norm'))
     written = []
     config, dit_layout, norms = chroma_layout()
     # checkpoints name Flux-style RMSNorm parameters `scale` (Neo renames them at load, operations.py:315-317)
@@ -504,14 +493,8 @@ def make_zimage(force: bool) -> list[str]:
     from backend.nn.lumina import NextDiT
     from modules_forge.packages.comfy.utils import z_image_to_diffusers
 
-    paths = {
-        "dit": os.path.join(MODELS, "Stable-diffusion", "rand_zimage.safetensors"),
-        "te": os.path.join(MODELS, "text_encoder", "rand_qwen3_4b_fp8.safetensors"),
-        "vae": os.path.join(MODELS, "VAE", "rand_flux_vae.safetensors"),
-        "lora": os.path.join(MODELS, "Lora", "rand_zimage_lora.safetensors"),
-        "diffusers": os.path.join(MODELS, "Lora", "rand_zimage_diffusers_lora.safetensors"),
-        "other": os.path.join(MODELS, "Lora", "rand_zimage_other_lora.safetensors"),
-    }
+    paths = family_paths("zimage", "rand_qwen3_4b_fp8.safetensors", "rand_flux_vae.safetensors",
+                         ('lora', 'diffusers', 'other'))
     # the config Neo's detection gives (detection.py:43-72) for the keys it reads, one main layer
     probe = {"cap_embedder.1.weight": (3840, 2560), "noise_refiner.0.attention.k_norm.weight": (128,),
              "layers.0.attention.qkv.weight": (11520, 3840), "cap_pad_token": (1, 3840), "x_pad_token": (1, 3840),

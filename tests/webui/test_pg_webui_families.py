@@ -26,11 +26,7 @@ def _prompt(family: str, strength: float = 1.0, other: float | None = None, extr
 
 
 def assert_matches(pg, ref, off, what):
-    mx, mean = wc.diff(pg, ref)
-    off_mean = wc.diff(pg, off)[1]
-    print(f"{what}: PG vs reference max {mx}/255 mean {mean:.4f}/255; PG vs off mean {off_mean:.2f}/255")
-    assert off_mean >= CHANGED_MEAN, f"{what}: PG did not change the image (mean |Δ| {off_mean:.3f}/255)"
-    assert mx <= MATCH_MAX and mean <= MATCH_MEAN, f"{what}: PG vs reference max {mx}/255, mean {mean:.4f}/255"
+    wc.assert_matches(pg, ref, off, what, match_max=MATCH_MAX, match_mean=MATCH_MEAN, changed_mean=CHANGED_MEAN)
 
 
 def _generate(api, payload, mode):

@@ -22,12 +22,8 @@ def request(**extra):
 
 
 def assert_matches(pg, ref, off, what):
-    mx, mean = wc.diff(pg, ref)
-    off_max, off_mean = wc.diff(pg, off)
-    print(f"{what}: PG vs reference max {mx}/255 mean {mean:.4f}/255; PG vs off max {off_max}/255 mean {off_mean:.2f}/255")
-    assert off_mean >= CHANGED_MEAN and off_max >= CHANGED_MAX, \
-        f"{what}: PG did not change the image enough (max {off_max}/255, mean {off_mean:.3f}/255)"
-    assert mx <= MATCH_MAX and mean <= MATCH_MEAN, f"{what}: PG vs reference max {mx}/255, mean {mean:.4f}/255"
+    wc.assert_matches(pg, ref, off, what, match_max=MATCH_MAX, match_mean=MATCH_MEAN, changed_mean=CHANGED_MEAN,
+                      changed_max=CHANGED_MAX)
 
 
 # name: (PG's dict arguments, the reference's ω and schedule)

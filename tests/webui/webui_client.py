@@ -123,3 +123,15 @@ def diff(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(max, mean) absolute pixel difference in 1/255 units."""
     d = np.abs(a.astype(np.int16) - b.astype(np.int16))
     return float(d.max()), float(d.mean())
+
+
+def assert_matches(pg, ref, off, what: str, *, match_max: float, match_mean: float, changed_mean: float,
+                   changed_max: float = 0.0) -> None:
+    """PG's image equals the slow reference's within (match_max, match_mean) and differs from PG off by at
+    least (changed_max, changed_mean): 1/255 units. Prints the figures the README quotes."""
+    mx, mean = diff(pg, ref)
+    off_max, off_mean = diff(pg, off)
+    print(f"{what}: PG vs reference max {mx}/255 mean {mean:.4f}/255; PG vs off max {off_max}/255 mean {off_mean:.2f}/255")
+    assert off_mean >= changed_mean and off_max >= changed_max, \
+        f"{what}: PG did not change the image enough (max {off_max}/255, mean {off_mean:.3f}/255)"
+    assert mx <= match_max and mean <= match_mean, f"{what}: PG vs reference max {mx}/255, mean {mean:.4f}/255"
