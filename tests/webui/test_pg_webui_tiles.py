@@ -47,7 +47,10 @@ def test_tiles_match_the_reference(api, multidiffusion, init_image, tile_batch, 
     if method not in multidiffusion:
         pytest.skip(f"this host's MultiDiffusion has no {method!r} (it has {sorted(multidiffusion)})")
     base = _tiled(init_image, tile_batch, method)
-    off = api.img2img(base)
+    try:
+        off = api.img2img(base)
+    except wc.ApiError as e:  # e.g. reForge's SpotDiffusion reads a `store.sigmas` its WebUI path never sets
+        pytest.skip(f"the host's own {method} fails with PG off: {e}")
     assert f"multidiffusion_tile_batch_size: {tile_batch}" in off["infotexts"][0], "MultiDiffusion did not run"
     pg = api.img2img(wc.with_pg(base, wc.pg_args(omega=0.5)))
     ref = api.img2img(wc.with_ref(base, 0.5))
