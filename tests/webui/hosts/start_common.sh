@@ -55,6 +55,12 @@ until curl -sf --noproxy '*' "http://127.0.0.1:$PORT/sdapi/v1/sd-models" > /dev/
   (( $(date +%s) - t0 < ${START_TIMEOUT:-900} )) || fail "no API after ${START_TIMEOUT:-900}s (log: $LOG; still running as $pid)"
   sleep 2
 done
+# the Lora extension adds its API routes when the app has started (Forge answered sd-models before /sdapi/v1/loras)
+until curl -sf --noproxy '*' "http://127.0.0.1:$PORT/sdapi/v1/loras" > /dev/null; do
+  kill -0 "$pid" 2>/dev/null || fail "exited during start (log: $LOG)"
+  (( $(date +%s) - t0 < ${START_TIMEOUT:-900} )) || fail "no /sdapi/v1/loras after ${START_TIMEOUT:-900}s (log: $LOG)"
+  sleep 2
+done
 if [[ ${WAIT_MODEL:-1} == 1 ]]; then
   until grep -Eq "Model (\S+ \[\w+\] )?loaded in" "$LOG"; do   # A1111/Forge: "Model loaded in"; reForge: "Model NAME [hash] loaded in"
     kill -0 "$pid" 2>/dev/null || fail "exited while loading the model (log: $LOG)"
