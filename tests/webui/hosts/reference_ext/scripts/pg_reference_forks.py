@@ -235,6 +235,9 @@ def _unet_wrapper(state: _State, loaded_patcher, inner=None):
         if UNCOND not in flags or omega is None or omega >= 1.0:
             return out  # no uncond rows, or a plain CFG step of a schedule
         if omega not in state.weak_by_omega:
+            # one θ_ω set at a time: a linear schedule has a new ω every step, and a set per step (≈ 2 GB each for
+            # an SD 1.5 LoRA in fp32) got a Neo server OOM-killed at 24 GB on 2026-12-03
+            state.weak_by_omega.clear()
             # the patcher first_pass built (at the text side's ω) serves that ω; another ω gets its own
             weak_unet = state.weak_unet if omega == state.text_omega else _weak_patchers(shared.sd_model, state, omega)[0]
             state.weak_by_omega[omega] = _weak_unet_weights(state, loaded_patcher, omega, weak_unet)
