@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from .deltas import DenseDelta, InputDelta, LayerDelta, weak_rows_op
+from .deltas import DenseDelta, LayerDelta, weak_rows_op
 from .rows import RowLayout, WeakRows
 
 log = logging.getLogger("personalization_guidance")
@@ -40,16 +40,7 @@ class WeakBranch:
     def __init__(self, omega: float, deltas: Mapping[nn.Module, Sequence[LayerDelta] | ParamDeltas],
                  exact_weights: bool = False, keep_on_device: bool = True):
         self.set_omega(omega)
-        # input shifts (a raw parameter the module adds to an input) run before the module, the rest after it
-        self.inputs: dict[nn.Module, list[InputDelta]] = {}
-        self.deltas: dict = {}
-        for layer, found in deltas.items():
-            shifts = [] if isinstance(found, ParamDeltas) else [d for d in found if isinstance(d, InputDelta)]
-            rest = found if isinstance(found, ParamDeltas) else [d for d in found if not isinstance(d, InputDelta)]
-            if shifts:
-                self.inputs[layer] = shifts
-            if rest:
-                self.deltas[layer] = rest
+        self.deltas = dict(deltas)
         self.exact_weights = exact_weights
         # lowvram: the host moves each block to the GPU only while it runs; so do we (no device caches)
         self.keep_on_device = keep_on_device
@@ -95,8 +86,6 @@ class WeakBranch:
         """Register the hooks (idempotent)."""
         if self._handles or self.keep == 0.0:  # built at ω = 1: it never acts (a schedule builds at its lowest ω)
             return self
-        for layer in self.inputs:
-            self._handles.append(layer.register_forward_pre_hook(self._input_hook, with_kwargs=True))
         for layer, deltas in self.deltas.items():
             if isinstance(deltas, ParamDeltas):
                 self._handles.append(layer.register_forward_hook(self._recompute_hook, with_kwargs=True))
@@ -115,7 +104,7 @@ class WeakBranch:
         self._handles.clear()
         self._stash.clear()
         self._weak_params.clear()
-        for deltas in list(self.deltas.values()) + list(self.inputs.values()):
+        for deltas in self.deltas.values():
             if not isinstance(deltas, ParamDeltas):
                 for delta in deltas:
                     delta.release()  # the deltas may live on in a cache between jobs; their device copies must not
@@ -172,27 +161,6 @@ class WeakBranch:
         else:
             output.index_add_(0, at.weak, correction, alpha=-self.keep)
         return None
-
-    # -- input shifts ----------------------------------------------------------------------------
-
-    def _input_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        """Shift the weak rows of the inputs the module adds a corrected raw parameter to (`InputDelta`)."""
-        if self.rows is None or self.keep == 0.0:
-            return None
-        for delta in self.inputs[module]:
-            by_name = delta.argument in kwargs
-            value = kwargs[delta.argument] if by_name else args[delta.position] if len(args) > delta.position else None
-            if not isinstance(value, torch.Tensor):
-                continue  # the module is called without that input: it cannot add the parameter to it either
-            at = self._layout(value)
-            if at is None:
-                continue
-            value = delta.shifted(value, at, self.keep, self.keep_on_device)
-            if by_name:
-                kwargs = {**kwargs, delta.argument: value}
-            else:
-                args = args[:delta.position] + (value,) + args[delta.position + 1:]
-        return args, kwargs
 
     # -- exact-weights path ----------------------------------------------------------------------
 

@@ -8,14 +8,11 @@ of a batch be corrected layer by layer: y_weak = y' − (1 − ω)·contribution
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from .rows import RowLayout
 
 # torch.nn.RMSNorm exists from torch 2.4 on (the DiT hosts' floor); the shipped floor is torch 2.1, where no
 # layer can be one, so it is looked up, never named.
@@ -332,43 +329,7 @@ class SlicedLowRankDelta:
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-@dataclasses.dataclass
-class InputDelta:
-    """ΔP of a raw parameter P that its module adds to one of its inputs before anything else uses either (Wan's
-    block `modulation` [1, 6, D], added to the time vector e, `nn/wan.py:176,195-198` in Forge Neo).
-
-    The module is not affine in P (e then scales, shifts and gates), so no output correction is exact; but
-    P' + (e − keep·ΔP) = P_ω + e: the weak rows of that input are shifted before the module runs (a forward
-    pre-hook in `WeakBranch`). `argument` / `position` name the input (keyword or positional); ΔP broadcasts
-    against it right-aligned, as the module's own sum does.
-    """
-
-    diff: torch.Tensor
-    argument: str
-    position: int
-    _placed: _Placed = dataclasses.field(default_factory=lambda: _Placed(), repr=False, compare=False)
-
-    def shifted(self, value: torch.Tensor, at: "RowLayout", keep: float, keep_on_device: bool = True) -> torch.Tensor:
-        """A copy of `value` ([rows, ...], rows first) whose weak rows have keep · ΔP taken off."""
-        (diff,) = self._placed.get((self.diff,), value, keep_on_device)
-        out = value.clone()  # the caller's tensor feeds the other blocks too: never changed in place
-        if at.is_block:
-            out.narrow(0, at.first, at.count).sub_(diff, alpha=keep)
-        else:
-            out.index_add_(0, at.weak, diff.expand((at.count,) + tuple(value.shape[1:])), alpha=-keep)
-        return out
-
-    def release(self) -> None:
-        self._placed.clear()
-
-    def dense(self) -> "InputDelta":
-        return self
-
-    def nbytes(self) -> int:
-        return self.diff.numel() * self.diff.element_size()
-
-
-LayerDelta = Union[DenseDelta, LowRankDelta, SlicedLowRankDelta, InputDelta]
+LayerDelta = Union[DenseDelta, LowRankDelta, SlicedLowRankDelta]
 
 
 def _like(t: Optional[torch.Tensor], device: torch.device, dtype: torch.dtype) -> Optional[torch.Tensor]:

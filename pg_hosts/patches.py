@@ -28,11 +28,10 @@ from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from pg_ext.deltas import (DenseDelta, InputDelta, LayerDelta, LowRankDelta, SlicedLowRankDelta, difference_dtype,
-                           is_linear, is_supported)
+from pg_ext.deltas import (DenseDelta, LayerDelta, LowRankDelta, SlicedLowRankDelta, difference_dtype, is_linear,
+                           is_supported)
 
 Entry = tuple  # (strength_patch, patch, strength_model, offset, function[, online_mode])
-InputOf = Callable[[nn.Module, str], Optional[tuple[str, int]]]  # (module, parameter) -> (input name, position)
 Merge = Callable[[list, torch.Tensor, str], torch.Tensor]  # host merge: (entries, float32 weight copy, key) -> weight
 
 
@@ -255,8 +254,7 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
                  layer_of: Callable[[str], Optional[tuple[nn.Module, str]]],
                  base_of: Callable[[str], torch.Tensor], merge: Merge,
                  cache: DenseDifferences = DENSE_DIFFERENCES, row_permutations: Collection[Callable] = (),
-                 every_row_weak: bool = False, input_of: Optional[InputOf] = None
-                 ) -> dict[nn.Module, list[LayerDelta]]:
+                 every_row_weak: bool = False) -> dict[nn.Module, list[LayerDelta]]:
     """Layer -> differences of the selected entries (ids in `selected`) for every patched Linear/conv/norm.
 
     `layer_of(key)` gives (module, parameter name) or None; `base_of(key)` the parameter without any
@@ -265,9 +263,7 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
     from `cache` when it holds them for the same entries and ω. `row_permutations`: the host's entry
     functions that only reorder whole rows (the low-rank path permutes `up`; other functions go dense).
     `every_row_weak`: the deltas serve a call whose rows are all weak (the weak prompt's encode), where an
-    Embedding can be corrected too (`is_supported`). `input_of(module, name)`: for a raw parameter the
-    module adds to one of its inputs, that input's (name, position) (the adapter knows the host's modules);
-    its difference then shifts that input in the weak rows (`InputDelta`).
+    Embedding can be corrected too (`is_supported`).
     """
     if not 0.0 <= omega <= 1.0:
         raise ValueError(f"omega must be in [0, 1], got {omega!r}")
@@ -275,20 +271,10 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
         return {}  # θ_ω = θ': the weak branch is the personalized model, nothing to correct
     weights: dict[nn.Module, Any] = {}
     biases: dict[nn.Module, torch.Tensor] = {}
-    shifts: dict[nn.Module, list[LayerDelta]] = {}
     for key, entries in patches.items():
         if not any(id(e) in selected for e in entries):
             continue
-        found = layer_of(key)
-        target = input_of(*found) if found is not None and input_of is not None else None
-        if target is not None:
-            base = base_of(key)
-            difference = cache.get(key, entries, selected, omega, found[0],
-                                   lambda: dense_difference(key, entries, selected, omega, base, merge)
-                                   .to(difference_dtype(base.dtype)))
-            shifts.setdefault(found[0], []).append(InputDelta(difference, *target))
-            continue
-        layer, name = _placed(key, found, every_row_weak)
+        layer, name = _placed(key, layer_of(key), every_row_weak)
         low = _low_rank(key, layer, entries, selected, merge, row_permutations) if name == "weight" else None
         if low is not None:
             weights[layer] = low
@@ -297,10 +283,7 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
         difference = cache.get(key, entries, selected, omega, layer,
                                lambda: dense_difference(key, entries, selected, omega, base_of(key), merge).to(dtype))
         (weights if name == "weight" else biases)[layer] = difference
-    out = {layer: _join(layer, weights.get(layer), biases.get(layer)) for layer in {**weights, **biases}}
-    for layer, found in shifts.items():
-        out.setdefault(layer, []).extend(found)
-    return out
+    return {layer: _join(layer, weights.get(layer), biases.get(layer)) for layer in {**weights, **biases}}
 
 
 def _placed(key: str, found: Optional[tuple[nn.Module, str]], every_row_weak: bool = False

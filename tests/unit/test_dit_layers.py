@@ -6,8 +6,7 @@ hooks on a real torch layer holding θ', one call whose rows mix cond and uncond
 of the layer whose weights really are θ_ω: the same entries merged with the selected LoRA at ω × its
 strength. The merge below states ComfyUI's contract (the entry narrowed to its offset, the function on
 the product, optionally chunk by chunk as Neo's LoRA adapter applies it); Neo's own merge is checked in
-tests/webui/hosts/probe_dit_layers.py. Also: Embedding in the weak encode, and a raw parameter that its module
-adds to an input (Wan's block `modulation`), corrected on that input.
+tests/webui/hosts/probe_dit_layers.py.
 """
 import copy
 
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from pg_ext.branch import WeakBranch
-from pg_ext.deltas import (DenseDelta, InputDelta, LowRankDelta, SlicedLowRankDelta, is_supported, layer_op,
+from pg_ext.deltas import (DenseDelta, LowRankDelta, SlicedLowRankDelta, is_supported, layer_op,
                            low_rank_approximation)
 from pg_hosts.patches import patch_deltas
 
@@ -80,7 +79,7 @@ class Model(nn.Module):
         self.layer = layer
 
 
-def build(layer, patches, selected, omega, chunk=None, permutations=(swap_scale_shift,), input_of=None):
+def build(layer, patches, selected, omega, chunk=None, permutations=(swap_scale_shift,)):
     """(θ' layer, θ_ω layer, PG's deltas): the layer's parameters merged with every entry, and with the
     selected ones at ω × strength."""
     base = {name: p.detach().clone() for name, p in layer.named_parameters()}
@@ -105,7 +104,7 @@ def build(layer, patches, selected, omega, chunk=None, permutations=(swap_scale_
     deltas = patch_deltas(patches, chosen, omega, layer_of,
                           lambda key: base[key.split(".", 1)[1]],
                           lambda entries, weight, key: merge(entries, weight, key, chunk),
-                          cache=_NoCache(), row_permutations=permutations, input_of=input_of)
+                          cache=_NoCache(), row_permutations=permutations)
     return tuned, weak, deltas
 
 
@@ -449,85 +448,3 @@ def test_an_embedding_in_a_marked_call_or_with_max_norm_stops_pg():
         with pytest.raises(NotImplementedError, match=reason):
             patch_deltas({"layer.weight": [subject]}, {id(subject)}, 0.3, lambda key: (layer, "weight"),
                          lambda key: layer.weight, merge, cache=_NoCache(), every_row_weak=every_row_weak)
-
-
-# -- P2a: a raw parameter the module adds to an input (Wan's block modulation) ------------------------------
-
-class ModulatedBlock(nn.Module):
-    """Wan's attention block in miniature (Forge Neo `backend/nn/wan.py:155-210`): `modulation` [1, 6, D] is added
-    to the time vector e ([B, 6, D] or [B, T, 6, D]), which then shifts, scales and gates: not affine in it."""
-
-    def __init__(self, dim=8):
-        super().__init__()
-        self.modulation = nn.Parameter(torch.randn(1, 6, dim) * 0.5)
-        self.ffn = nn.Linear(dim, dim)
-
-    def forward(self, x, e, scale=1.0):
-        m = (self.modulation + e).chunk(6, dim=1) if e.dim() < 4 else (self.modulation.unsqueeze(0) + e).unbind(2)
-        m = [t.reshape(t.shape[0], -1, t.shape[-1]) for t in m]
-        y = self.ffn(torch.nn.functional.silu(x * (1 + m[1]) + m[0])) * m[2]
-        return x + scale * y * torch.tanh(m[5]) + m[3] * m[4]
-
-
-def _block_input_of(module, name):
-    return ("e", 1) if isinstance(module, ModulatedBlock) and name == "modulation" else None
-
-
-@pytest.mark.parametrize("layout", sorted(MASKS))
-@pytest.mark.parametrize("e_dims", [3, 4])
-@pytest.mark.parametrize("by_keyword", [True, False])
-def test_a_modulation_parameter_shifts_the_weak_rows_of_its_input(layout, e_dims, by_keyword):
-    torch.manual_seed(0)
-    layer = ModulatedBlock().double()
-    subject, style = entry(diff((1, 6, 8), 180)), entry(diff((1, 6, 8), 181), 0.6)
-    lin = entry(lora(8, 8, 2, 182))
-    tuned, weak, deltas = build(layer, {"layer.modulation": [style, subject], "layer.ffn.weight": [lin]},
-                                [subject, lin], 0.3, input_of=_block_input_of)
-    assert any(isinstance(d, InputDelta) for d in deltas[tuned])  # was NotImplementedError: a raw parameter
-    x = torch.randn(4, 5, 8, dtype=torch.float64)
-    e = torch.randn(4, 6, 8, dtype=torch.float64) if e_dims == 3 else torch.randn(4, 1, 6, 8, dtype=torch.float64)
-    e_before = e.clone()
-    mask = torch.tensor(MASKS[layout])
-    with torch.no_grad():
-        expected = tuned(x, e).clone()
-        expected[mask] = weak(x[mask], e=e[mask])
-        with WeakBranch(0.3, deltas) as branch:
-            branch.mask = mask
-            got = tuned(x, e=e) if by_keyword else tuned(x, e)
-    torch.testing.assert_close(got, expected, rtol=2e-6, atol=2e-6)
-    assert torch.equal(e, e_before)  # the caller's e feeds the next blocks: never changed in place
-    assert (expected[mask] - tuned(x, e)[mask]).abs().max() > 1e-3
-
-
-def test_a_raw_parameter_without_a_declared_input_still_stops_pg():
-    layer = ModulatedBlock().double()
-    subject = entry(diff((1, 6, 8), 190))
-    with pytest.raises(NotImplementedError, match=r"layer\.modulation \(ModulatedBlock\.modulation\)"):
-        build(layer, {"layer.modulation": [subject]}, [subject], 0.3)
-
-
-def test_the_layer_table_imports_without_rms_norm_as_on_torch_2_1():
-    """The shipped floor is torch 2.1, which has no nn.RMSNorm: nothing may name it outright."""
-    import subprocess
-    import sys
-
-    code = ("import torch.nn as nn; del nn.RMSNorm; import pg_ext.deltas as d, pg_hosts.patches; "
-            "assert d.RMS_NORM is None and not d.is_rms_norm(nn.LayerNorm(4)); "
-            "assert d.is_supported(nn.Conv3d(2, 2, 1)) and not d.is_supported(nn.Embedding(3, 2)); print('ok')")
-    root = __file__.rsplit("/tests/", 1)[0]
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
-
-
-def test_the_input_shift_needs_no_device_sync():
-    layer = ModulatedBlock().double()
-    subject = entry(diff((1, 6, 8), 200))
-    tuned, _, deltas = build(layer, {"layer.modulation": [subject]}, [subject], 0.3, input_of=_block_input_of)
-    x, e = torch.randn(4, 5, 8, dtype=torch.float64), torch.randn(4, 1, 6, 8, dtype=torch.float64)
-    for mask in ([False, False, True, True], [False, True, False, True]):
-        with torch.no_grad(), WeakBranch(0.3, deltas) as branch:
-            branch.mask = torch.tensor(mask)
-            tuned(x, e=e)
-            with SyncCounter() as counter:
-                tuned(x, e=e)
-        assert counter.count == 0, counter.ops
