@@ -10,7 +10,8 @@ or from $PG_WEBUI_PID_FILE), at every size, for: plain CFG
 vs PG with a plain LoRA (low-rank path), a LoHa and a full-diff file (dense paths; made from the harness
 LoRA by tests/webui/harness_models.py), and a DreamBooth checkpoint (rand_sd15_dreambooth loaded, base
 rand_sd15) in exact and low-memory mode ("dreambooth"), or one of them ("dreambooth-exact",
-"dreambooth-low-memory"). `--family sdxl`: the SDXL harness LoRA and DreamBooth pair (rand_sdxl loaded).
+"dreambooth-low-memory"). `--family sdxl`: the SDXL harness LoRA and DreamBooth pair (rand_sdxl loaded);
+`--family anima|lumina2|zimage|chroma|wan`: Forge Neo's DiT harness models, their DiT-only LoRA (the lora group only).
 PG and CFG alternate within each round (the order flips every round), after one warm-up image of each.
 """
 from __future__ import annotations
@@ -32,6 +33,12 @@ HARNESS = os.environ.get("HARNESS") or os.path.expanduser("~/.cache/pg-webui-har
 FAMILIES = {
     "sd15": dict(lora="rand_lora", dreambooth="rand_sd15_dreambooth", base="rand_sd15"),
     "sdxl": dict(lora="rand_sdxl_lora", dreambooth="rand_sdxl_dreambooth", base="rand_sdxl"),
+    # Forge Neo's diffusion transformers (tests/webui/harness_models_dit.py): a DiT-only LoRA, no DreamBooth pair
+    "anima": dict(lora="rand_anima_lora"),
+    "lumina2": dict(lora="rand_lumina2_lora"),
+    "zimage": dict(lora="rand_zimage_lora"),
+    "chroma": dict(lora="rand_chroma_lora"),
+    "wan": dict(lora="rand_wan_lora"),
 }
 
 
@@ -131,6 +138,10 @@ def main() -> None:
     pid = webui_pid(args.url)
     family = FAMILIES[args.family]
     groups = [g for g in (args.only.split(",") if args.only else ["lora", "loha", "full", "dreambooth"]) if g]
+    if "dreambooth" not in family:
+        if set(groups) - {"lora"}:
+            print(f"[bench] --family {args.family}: only the lora group (no LoHa/full/DreamBooth files for it)")
+        groups = ["lora"]
     names = {x["name"] for x in client.get("/sdapi/v1/loras")}
     if {"loha", "full"} & set(groups) and not {"pg_loha", "pg_full"} <= names:
         subprocess.run([os.path.join(HARNESS, "venv", "bin", "python"),

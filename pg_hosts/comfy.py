@@ -282,6 +282,52 @@ def original_param_of(patcher, module, name: str):
 _module_paths: dict = {}  # id(UNet) -> (weak ref to it, {id(module): its path}): one UNet at a time
 
 
+def stored_dtype_of(patcher):
+    """key -> the dtype the patcher's model stores that parameter in (what the host rounds a merge back to)."""
+    def dtype(key: str):
+        path, _, name = key.rpartition(".")
+        try:
+            return getattr(patcher.model.get_submodule(path), name).dtype
+        except AttributeError:
+            return None
+    return dtype
+
+
+def _offline(entries, online_flag: Optional[int]) -> bool:
+    """Whether the host merges these entries into the stored weight (Neo: no entry has its online flag)."""
+    return online_flag is None or not any(len(e) > online_flag and e[online_flag] for e in entries)
+
+
+def merged_into_fp8(patcher, online_flag: Optional[int] = None):
+    """rounded_on_merge for `patch_deltas`: a key stored in a 1-byte float whose entries the host merges into
+    the stored weight (offline), rounding θ' and θ_ω each to fp8 (stochastic rounding seeded by the key, in
+    Neo and reForge). Entries merged per forward in the compute dtype (Neo's online mode: the entry's
+    `online_flag` field) are not rounded, and the low-rank path stays exact there."""
+    import torch
+
+    stored = stored_dtype_of(patcher)
+
+    def rounded(key: str, entries) -> bool:
+        dtype = stored(key)
+        return (dtype is not None and dtype.is_floating_point and torch.finfo(dtype).bits <= 8
+                and _offline(entries, online_flag))
+    return rounded
+
+
+def rounding_merge(merge: Callable, patcher, round_to: Callable, online_flag: Optional[int] = None):
+    """The host's merge followed by the host's own rounding to the stored dtype (`round_to(value, dtype, key)`),
+    in float32 again: θ' and θ_ω as the host writes them, so a dense D is the host's own difference."""
+    stored = stored_dtype_of(patcher)
+
+    def merged(entries, weight, key):
+        out = merge(entries, weight, key)
+        dtype = stored(key)
+        if dtype is None or dtype == out.dtype or not dtype.is_floating_point or not _offline(entries, online_flag):
+            return out
+        return round_to(out, dtype, key).float()
+    return merged
+
+
 def backup_base_of(patcher):
     """key -> the weight without any patch: ComfyUI's `backup[key].weight` while the model is patched."""
     def base(key: str):

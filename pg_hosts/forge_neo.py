@@ -36,7 +36,8 @@ from __future__ import annotations
 
 
 from .comfy import (  # noqa: F401 (the adapter's API)
-    backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, plain_layer_of)
+    backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, merged_into_fp8,
+    plain_layer_of, rounding_merge)
 from .patches import patch_deltas
 from .reforge import (  # noqa: F401 (same in Neo)
     original_param, replacement_unet_active, unet, weak_uncond)
@@ -61,14 +62,22 @@ def patcher_deltas(patcher, selected: set[int], omega: float, every_row_weak: bo
     """θ' − θ_ω per layer of the patcher's model, from its entries, merged by Neo's own function
     (`every_row_weak`: for the text encoder, whose weak encode has only weak rows)."""
     import torch
-    from backend.patcher.lora import merge_lora_to_weight
+    from backend.float import stochastic_rounding
+    from backend.patcher.lora import merge_lora_to_weight, string_to_seed
 
     def merge(entries, weight, key):
         return merge_lora_to_weight(entries, weight, key, computation_dtype=torch.float32)
 
+    def round_to(value, dtype, key):  # as `patch_weight_to_device` writes an offline merge (base.py:486-487)
+        return stochastic_rounding(value, dtype, seed=string_to_seed(key))
+
     patches = {key: entries for key, entries in patcher.patches.items() if not never_merged(patcher.model, key)}
     return patch_deltas(patches, selected, omega, plain_layer_of(patcher.model), backup_base_of(patcher),
-                        merge, row_permutations=row_permutations(), every_row_weak=every_row_weak)
+                        rounding_merge(merge, patcher, round_to, ONLINE_FLAG), row_permutations=row_permutations(),
+                        every_row_weak=every_row_weak, rounded_on_merge=merged_into_fp8(patcher, ONLINE_FLAG))
+
+
+ONLINE_FLAG = 5  # an entry's `online_mode` field (base.py:431): merged per forward, never rounded to storage
 
 
 def never_merged(model, key: str) -> bool:

@@ -254,7 +254,9 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
                  layer_of: Callable[[str], Optional[tuple[nn.Module, str]]],
                  base_of: Callable[[str], torch.Tensor], merge: Merge,
                  cache: DenseDifferences = DENSE_DIFFERENCES, row_permutations: Collection[Callable] = (),
-                 every_row_weak: bool = False) -> dict[nn.Module, list[LayerDelta]]:
+                 every_row_weak: bool = False,
+                 rounded_on_merge: Optional[Callable[[str, Sequence[Entry]], bool]] = None
+                 ) -> dict[nn.Module, list[LayerDelta]]:
     """Layer -> differences of the selected entries (ids in `selected`) for every patched Linear/conv/norm.
 
     `layer_of(key)` gives (module, parameter name) or None; `base_of(key)` the parameter without any
@@ -264,6 +266,9 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
     functions that only reorder whole rows (the low-rank path permutes `up`; other functions go dense).
     `every_row_weak`: the deltas serve a call whose rows are all weak (the weak prompt's encode), where an
     Embedding can be corrected too (`is_supported`).
+    `rounded_on_merge(key, entries)`: whether the host writes this key's merged weight back in a storage dtype
+    so coarse (fp8: 3 mantissa bits) that θ' and θ_ω, each rounded, no longer differ by (1 − ω)·up @ down;
+    such a key goes dense, and `merge` must round as the host does, so that D is the host's own difference.
     """
     if not 0.0 <= omega <= 1.0:
         raise ValueError(f"omega must be in [0, 1], got {omega!r}")
@@ -275,7 +280,9 @@ def patch_deltas(patches: Mapping[str, Sequence[Entry]], selected: Collection[in
         if not any(id(e) in selected for e in entries):
             continue
         layer, name = _placed(key, layer_of(key), every_row_weak)
-        low = _low_rank(key, layer, entries, selected, merge, row_permutations) if name == "weight" else None
+        rounded = rounded_on_merge is not None and rounded_on_merge(key, entries)
+        low = _low_rank(key, layer, entries, selected, merge, row_permutations) \
+            if name == "weight" and not rounded else None
         if low is not None:
             weights[layer] = low
             continue

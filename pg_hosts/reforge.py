@@ -35,8 +35,8 @@ What PG relies on (file:line at that commit; see docs/forks.md §2):
 from __future__ import annotations
 
 from .comfy import (  # noqa: F401 (the adapter's API)
-    UNCOND, backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, original_param_of,
-    plain_layer_of, rows_of_call)
+    UNCOND, backup_base_of, begin_chain_pass, layer_of, loaded_networks, low_vram, marked_router, merged_into_fp8,
+    original_param_of, plain_layer_of, rounding_merge, rows_of_call)
 from .patches import patch_deltas
 
 NAME = "reforge"
@@ -83,10 +83,16 @@ def weak_uncond(weak, host_uncond):
 def patcher_deltas(patcher, selected: set[int], omega: float, every_row_weak: bool = False) -> dict:
     """θ' − θ_ω per layer of the patcher's model, from its entries, merged by the host's own function
     (`every_row_weak`: for the text encoder, whose weak encode has only weak rows)."""
+    from ldm_patched.float import stochastic_rounding
     from ldm_patched.modules.lora import calculate_weight
+    from ldm_patched.modules.model_patcher import string_to_seed
+
+    def round_to(value, dtype, key):  # as `patch_weight_to_device` writes a merge (model_patcher.py:581)
+        return stochastic_rounding(value, dtype, seed=string_to_seed(key))
 
     return patch_deltas(patcher.patches, selected, omega, plain_layer_of(patcher.model), backup_base_of(patcher),
-                        merge=calculate_weight, every_row_weak=every_row_weak)
+                        merge=rounding_merge(calculate_weight, patcher, round_to), every_row_weak=every_row_weak,
+                        rounded_on_merge=merged_into_fp8(patcher))
 
 
 # -- attach ---------------------------------------------------------------------------------------------

@@ -131,3 +131,24 @@ def assert_input_error_is_a_422(runner, model, args: dict, prompt: str, field: s
         raise AssertionError(f"no error; infotext: {p.extra_generation_params}")
     after = weights()
     assert len(after) == len(expected) and all(torch.equal(a, b) for a, b in zip(expected, after))
+
+
+def seeded_rounding(value: torch.Tensor, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """How Neo and reForge write a merged weight back to its stored dtype (the contract, not their code): a
+    16/32-bit float by a plain cast; an 8-bit float rounded up or down at random, seeded by the key, so the
+    same key and value round the same way every time (here: uniform noise of one step, then to nearest)."""
+    if torch.finfo(dtype).bits > 8:
+        return value.to(dtype)
+    mantissa = {torch.float8_e4m3fn: 3, torch.float8_e5m2: 2}[dtype]
+    smallest_step = torch.finfo(dtype).smallest_normal * 2.0 ** -mantissa
+    exponent = torch.floor(torch.log2(value.abs().float().clamp_min(torch.finfo(dtype).smallest_normal)))
+    step = torch.maximum(2.0 ** (exponent - mantissa), torch.tensor(smallest_step))
+    noise = torch.rand(value.shape, generator=torch.Generator().manual_seed(seed)) - 0.5
+    return (value.float() + noise * step).clamp(torch.finfo(dtype).min, torch.finfo(dtype).max).to(dtype)
+
+
+def key_seed(key: str) -> int:
+    """An int from a parameter key (what the forks seed that rounding with)."""
+    import zlib
+
+    return zlib.crc32(key.encode())

@@ -476,3 +476,47 @@ def test_original_param_is_the_weight_without_the_prompts_loras(monkeypatch):
         assert comfy.original_param_of(patcher, unpatched, "weight") is unpatched.weight
     finally:
         patcher.unpatch_model()
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_fp8_stored_weights_are_corrected_to_the_hosts_own_weak_weights(monkeypatch, online):
+    """fp8 storage (a user's fp8 text encoder or "Diffusion in Low Bits" fp8): offline, Neo writes θ' back rounded
+    to fp8 (base.py:486-487), and so is its θ_ω; a low-rank correction of the rounded θ' misses that by whole fp8
+    steps. PG's weak weight must be the host's own θ_ω: dense D from two merges rounded as the host rounds.
+    Online entries merge per forward, unrounded: the low-rank path stays (and is exact)."""
+    model = NeoModel()
+    fp8 = [m for m in model.forge_objects_original.unet.model.diffusion_model.modules() if isinstance(m, nn.Linear)]
+    for layer in fp8:
+        layer.weight = nn.Parameter(layer.weight.detach().to(torch.float8_e4m3fn), requires_grad=False)
+    loras = _loras(model)
+    model.apply_loras(loras, online)
+    _networks(monkeypatch, model)
+    after, original = model.forge_objects_after_applying_lora, model.forge_objects_original
+    owners = comfy.lora_owners(model, forge_neo.load_one)
+    chosen = comfy.selected_entries(after.unet, original.unet, owners.unet, {0})
+    weak = chain(original, [(f, pt, s * 0.5 if f.endswith("/subject.safetensors") else s) for f, pt, s in loras], online)
+    patcher = after.unet
+    patcher.load()
+    try:
+        deltas = forge_neo.patcher_deltas(patcher, chosen, 0.5)
+        patched = {layer: layer.weight.detach().float().clone() for layer in fp8}
+    finally:
+        patcher.unpatch_model()
+    weak.unet.load()
+    try:
+        host_weak = {layer: layer.weight.detach().float().clone() for layer in fp8}
+    finally:
+        weak.unet.unpatch_model()
+    checked = 0
+    for layer in fp8:
+        if layer not in deltas:
+            continue
+        (delta,) = deltas[layer]
+        if online:  # a key the subject patches alone stays low rank (where the style's LoHa shares it: dense)
+            checked += isinstance(delta, LowRankDelta)
+            continue
+        assert isinstance(delta, DenseDelta), type(delta).__name__
+        torch.testing.assert_close(patched[layer] - 0.5 * delta.weight.float(), host_weak[layer], atol=1e-6, rtol=0)
+        assert not torch.equal(patched[layer], host_weak[layer])
+        checked += 1
+    assert checked >= 2

@@ -41,6 +41,12 @@ Neo's detection and its text-encoder/VAE classes fix (docs/dit-families.md, "Har
          to slices of the fused qkv/linear1 (rand_chroma_diffusers_lora), kohya DiT + T5 lora_te1_* (te_lora),
          other, norm (query_norm diffs). NOTE: Neo at de2193d cannot load any Chroma checkpoint from a fresh
          tree (no Chroma tokenizer.json: docs/dit-families.md §5.5).
+  zimage   Stable-diffusion/rand_zimage.safetensors: Z-Image's NextDiT at Neo's fixed dim 3840 (30 heads:
+         detection.py:61-64), ONE main layer plus the 2 + 2 refiners: 0.91 B. text_encoder/rand_qwen3_4b_fp8.safetensors:
+         Qwen3-4B (4.02 B) in fp8, as users run it (Neo keeps fp8 storage for an fp8 file). VAE: the Flux one above.
+         Lora/rand_zimage_lora.safetensors (kohya, fused qkv whole), rand_zimage_diffusers_lora (diffusers /
+         ai-toolkit to_q/k/v, which Neo maps to slices of attention.qkv), rand_zimage_te_lora (DiT + the fp8 Qwen3
+         by generic text_encoders.qwen3.* keys), rand_zimage_other_lora, rand_zimage_norm_lora (attention_norm1 diffs).
 Big files are streamed tensor by tensor (memory: the largest tensor, plus a VAE). Time: ~2 min each on 2 cores.
 """
 from __future__ import annotations
@@ -494,7 +500,7 @@ def make_zimage(force: bool) -> list[str]:
     from modules_forge.packages.comfy.utils import z_image_to_diffusers
 
     paths = family_paths("zimage", "rand_qwen3_4b_fp8.safetensors", "rand_flux_vae.safetensors",
-                         ('lora', 'diffusers', 'other'))
+                         ('lora', 'diffusers', 'te_lora', 'other', 'norm'))
     # the config Neo's detection gives (detection.py:43-72) for the keys it reads, one main layer
     probe = {"cap_embedder.1.weight": (3840, 2560), "noise_refiner.0.attention.k_norm.weight": (128,),
              "layers.0.attention.qkv.weight": (11520, 3840), "cap_pad_token": (1, 3840), "x_pad_token": (1, 3840),
@@ -541,10 +547,114 @@ def make_zimage(force: bool) -> list[str]:
         save_sorted(kohya_lora({"lora_unet_" + p.replace(".", "_"): s for p, s in linears(LUMINA_LINEARS[1:]).items()},
                                4, 0.5, seed=803), paths["other"])
         written.append(paths["other"])
+    if force or not os.path.exists(paths["te_lora"]):  # DiT + Qwen3-4B (fp8 in the harness, as users run it)
+        sd = peft_lora(linears(), 4, 0.5, seed=804)
+        te = pick(te_layout, range(0, 36, 7), ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                  prefix="model.layers.")
+        # Neo keys Z-Image's text encoder `qwen3` (diffusion_engine/zimage.py): generic `text_encoders.qwen3.` keys
+        sd.update(peft_lora(te, 4, 0.5, seed=805, prefix="text_encoders.qwen3."))
+        save_sorted(sd, paths["te_lora"])
+        written.append(paths["te_lora"])
+    if force or not os.path.exists(paths["norm"]):  # a Linear LoRA plus diffs on the refiners' RMSNorms
+        sd = peft_lora(linears(LUMINA_LINEARS[:2]), 4, 0.5, seed=806)
+        gen = torch.Generator().manual_seed(807)
+        for key, shape in dit_layout.items():
+            if key.endswith("attention_norm1.weight"):
+                sd["diffusion_model." + key[: -len(".weight")] + ".diff"] = (0.2 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        save_sorted(sd, paths["norm"])
+        written.append(paths["norm"])
     return written
 
 
-FAMILIES = {"anima": make_anima, "lumina2": make_lumina2, "chroma": make_chroma, "zimage": make_zimage}
+# -- Wan 2.1 (as an image model) ----------------------------------------------------------------------
+
+# Neo builds UMT5-XXL from the config file under its tree (loader.py:325, :346-350); the harness's own copy
+# with fewer layers is laid over that tree by start.sh (HF_OVERLAY), never written into it
+OVERLAY = os.path.join(NEO, "hf-overlay")
+WAN_REPO = os.path.join("Wan-AI", "Wan2.1-T2V-14B")
+WAN_TE_LAYERS = 2
+WAN_LINEARS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
+               "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2")
+
+
+def wan_te_config() -> tuple[str, dict]:
+    """Neo's UMT5-XXL config for Wan with `WAN_TE_LAYERS` encoder layers: (overlay dir it goes to, config)."""
+    with open(os.path.join(WEBUI, "backend", "huggingface", WAN_REPO, "text_encoder", "config.json")) as f:
+        config = json.load(f)
+    config.update(num_layers=WAN_TE_LAYERS, num_decoder_layers=WAN_TE_LAYERS)
+    return os.path.join(OVERLAY, WAN_REPO, "text_encoder"), config
+
+
+def make_wan(force: bool) -> list[str]:
+    import huggingface_guess
+    from backend.nn.t5 import IntegratedT5
+    from backend.nn.wan import WanModel
+
+    paths = family_paths("wan", "rand_umt5xxl_2layers_fp8.safetensors", "rand_wan21_vae.safetensors",
+                         ('lora', 'peft', 'other', 'norm', 'conv3d'))
+    written = []
+    overlay_dir, te_config = wan_te_config()
+    if force or not os.path.exists(os.path.join(overlay_dir, "config.json")):
+        os.makedirs(overlay_dir, exist_ok=True)
+        with open(os.path.join(overlay_dir, "config.json"), "w") as f:
+            json.dump(te_config, f, indent=2)
+        written.append(os.path.join(overlay_dir, "config.json") + f" (UMT5-XXL, {WAN_TE_LAYERS} layers)")
+    # what Neo's detection gives (detection.py:80-105) for a 2-block DiT of width 256 (heads = dim / 128)
+    probe = {"head.modulation": (1, 2, 256), "head.head.weight": (64, 256), "blocks.0.ffn.0.weight": (512, 256),
+             "blocks.1.ffn.0.weight": (512, 256), "patch_embedding.weight": (256, 16, 1, 2, 2)}
+    guess = huggingface_guess.guess({"model.diffusion_model." + k: torch.empty(v, device="meta") for k, v in probe.items()})
+    assert guess.huggingface_repo == "Wan-AI/Wan2.1-T2V-14B", guess.huggingface_repo
+    config = {k: v for k, v in guess.unet_config.items() if k != "image_model"}
+    dit_layout = meta_layout(lambda: WanModel(**config))
+    if force or not os.path.exists(paths["dit"]):
+        n = stream_save(paths["dit"], dit_layout, random_values(dit_layout, seed=901),
+                        metadata={"pg_harness": "wan2.1 t2v dit, random, 2 blocks x 256"})
+        written.append(f"{paths['dit']} ({n / 1e9:.3f} B params)")
+    te_layout = {k[len("transformer."):]: v for k, v in meta_layout(lambda: IntegratedT5(te_config)).items()
+                 if k.startswith("transformer.")}
+    if force or not os.path.exists(paths["te"]):  # fp8, as Wan users run UMT5 (Neo keeps fp8 storage, loader.py:330-344)
+        n = stream_save(paths["te"], te_layout, random_values(te_layout, seed=903, embed_std=1.0), dtype=torch.float8_e4m3fn,
+                        metadata={"pg_harness": f"umt5-xxl encoder, {WAN_TE_LAYERS} layers, random, fp8"})
+        written.append(f"{paths['te']} ({n / 1e9:.2f} B params)")
+    if not os.path.exists(paths["vae"]):  # Wan 2.1's VAE config is Anima's (checked: only the class names differ)
+        written += [w for w in make_anima(False) if "wan21_vae" in w]
+
+    blocks = range(config["num_layers"])
+    if force or not os.path.exists(paths["lora"]):  # musubi-tuner / sd-scripts: lora_unet_blocks_N_*
+        targets = {"lora_unet_" + p.replace(".", "_"): s for p, s in pick(dit_layout, blocks, WAN_LINEARS).items()}
+        save_sorted(kohya_lora(targets, 4, 0.5, seed=1001), paths["lora"])
+        written.append(paths["lora"])
+    if force or not os.path.exists(paths["peft"]):  # diffusion-pipe / ComfyUI: diffusion_model.blocks.N.*.lora_A/B
+        save_sorted(peft_lora(pick(dit_layout, blocks, WAN_LINEARS), 4, 0.5, seed=1002), paths["peft"])
+        written.append(paths["peft"])
+    if force or not os.path.exists(paths["other"]):
+        targets = {"lora_unet_" + p.replace(".", "_"): s for p, s in pick(dit_layout, blocks, WAN_LINEARS[2:]).items()}
+        save_sorted(kohya_lora(targets, 4, 0.5, seed=1003), paths["other"])
+        written.append(paths["other"])
+    if force or not os.path.exists(paths["norm"]):  # Linears plus diffs on the q/k RMSNorms
+        sd = peft_lora(pick(dit_layout, blocks, WAN_LINEARS[:4]), 4, 0.5, seed=1004)
+        gen = torch.Generator().manual_seed(1005)
+        for key, shape in dit_layout.items():
+            if key.endswith(("self_attn.norm_q.weight", "self_attn.norm_k.weight")):
+                sd["diffusion_model." + key[: -len(".weight")] + ".diff"] = (0.2 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        save_sorted(sd, paths["norm"])
+        written.append(paths["norm"])
+    if force or not os.path.exists(paths["conv3d"]):
+        # as a LoRA extracted from a full fine-tune: Linears, the Conv3d patch embedding as a full `.diff` (+ `.diff_b`),
+        # and `.diff` on the blocks' raw `modulation` parameters, which Neo never merges (docs/dit-families.md §4)
+        sd = peft_lora(pick(dit_layout, blocks, WAN_LINEARS[:4]), 4, 0.5, seed=1006)
+        gen = torch.Generator().manual_seed(1007)
+        shape = dit_layout["patch_embedding.weight"]
+        sd["diffusion_model.patch_embedding.diff"] = (0.3 * torch.randn(shape, generator=gen) / int(torch.tensor(shape[1:]).prod()) ** 0.5).to(torch.bfloat16)
+        sd["diffusion_model.patch_embedding.diff_b"] = (0.01 * torch.randn(shape[0], generator=gen)).to(torch.bfloat16)
+        for b in blocks:
+            sd[f"diffusion_model.blocks.{b}.modulation.diff"] = (0.01 * torch.randn(dit_layout[f"blocks.{b}.modulation"], generator=gen)).to(torch.bfloat16)
+        save_sorted(sd, paths["conv3d"])
+        written.append(paths["conv3d"])
+    return written
+
+
+FAMILIES = {"anima": make_anima, "lumina2": make_lumina2, "chroma": make_chroma, "zimage": make_zimage, "wan": make_wan}
 
 
 def main() -> None:

@@ -19,13 +19,29 @@ import pytest
 
 import webui_client as wc
 
-FAMILY = ("rand_anima", "rand_lumina2")
+FAMILY = ("rand_anima", "rand_lumina2", "rand_zimage", "rand_chroma", "rand_wan")
 MATCH_MAX = 4.0     # PG vs the slow reference, as for the UNet families (1/255 units)
 MATCH_MEAN = 0.5
 CHANGED_MEAN = 1.0  # ω < 1 must visibly change the image
 # per family: the LoRA that also patches the text encoder, and one whose entries PG cannot correct yet
 EXTRA_LORAS = {"rand_anima": {"te": "rand_anima_te_lora", "norm": "rand_anima_norm_lora", "norm_type": "RMSNorm"},
-               "rand_lumina2": {"te": "rand_lumina2_te_lora", "norm": "rand_lumina2_norm_lora", "norm_type": "RMSNorm"}}
+               "rand_lumina2": {"te": "rand_lumina2_te_lora", "norm": "rand_lumina2_norm_lora", "norm_type": "RMSNorm"},
+               # Z-Image: its text encoder in fp8 (as users run Qwen3-4B); a diffusers / ai-toolkit LoRA whose
+               # to_q/k/v Neo maps to three slices of the fused attention.qkv (offset entries)
+               "rand_zimage": {"te": "rand_zimage_te_lora", "norm": "rand_zimage_norm_lora", "norm_type": "RMSNorm",
+                               "sliced": "rand_zimage_diffusers_lora"},
+               # Chroma: T5-XXL in fp8 with kohya lora_te1_* keys; an ai-toolkit LoRA whose to_q/k/v and proj_mlp
+               # Neo maps to slices of the fused qkv and linear1
+               "rand_chroma": {"te": "rand_chroma_te_lora", "norm": "rand_chroma_norm_lora", "norm_type": "RMSNorm",
+                               "sliced": "rand_chroma_diffusers_lora"},
+               # Wan 2.1 as an image model: musubi/kohya and diffusion-pipe (PEFT) LoRAs; one extracted from a full
+               # fine-tune with a full `.diff` on the Conv3d patch embedding and on the raw `modulation` parameters
+               # (Neo never merges those: PG leaves them as the host does). No text-encoder LoRA: Neo maps kohya
+               # T5 keys for `t5xxl` only (comfy/lora.py:159-171), and Wan LoRAs patch the DiT.
+               "rand_wan": {"norm": "rand_wan_norm_lora", "norm_type": "RMSNorm", "peft": "rand_wan_peft_lora",
+                            "conv3d": "rand_wan_conv3d_lora"}}
+# Neo samples Wan one image at a time: its batch slider sets the frame count (modules/processing.py:859-866)
+ONE_IMAGE_PER_JOB = ("rand_wan",)
 
 
 def _prompt(family: str, lora: str | None = None, strength: float = 1.0, other: float | None = None) -> str:
@@ -63,12 +79,19 @@ CASES = {
     "te-lora-omega0.5": dict(omega=0.5, lora="te"),
     "second-lora-unselected": dict(omega=0.5, other=0.8, select=True),
     "batch2": dict(omega=0.4, batch_size=2),
+    "sliced-qkv-lora-omega0.3": dict(omega=0.3, lora="sliced"),  # families whose LoRAs people share in that form
+    "peft-lora-omega0.5": dict(omega=0.5, lora="peft"),
+    "conv3d-lora-omega0.3": dict(omega=0.3, lora="conv3d"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_reference(api, loaded_family, case):
     c = CASES[case]
+    if c.get("lora") and c["lora"] not in EXTRA_LORAS[loaded_family]:
+        pytest.skip(f"no {c['lora']} LoRA made for {loaded_family}")
+    if c.get("batch_size", 1) > 1 and loaded_family in ONE_IMAGE_PER_JOB:
+        pytest.skip(f"{loaded_family}: Neo's batch slider sets the frame count for this family, one image per job")
     lora = EXTRA_LORAS[loaded_family][c["lora"]] if c.get("lora") else None
     prompt = _prompt(loaded_family, lora=lora, other=c.get("other"))
     base = _request(prompt, batch_size=c.get("batch_size", 1))

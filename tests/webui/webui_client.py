@@ -16,7 +16,10 @@ PROMPT_LORA = "a photo of a cat <lora:rand_lora:1>"
 FAMILY_LORAS = {"rand_sd15": ("rand_lora", "pg_other_lora"), "rand_sd21v": ("rand_sd21v_lora", "rand_sd21v_other_lora"),
                 "rand_sdxl": ("rand_sdxl_lora", "rand_sdxl_other_lora"),
                 "rand_anima": ("rand_anima_lora", "rand_anima_other_lora"),  # harness_models_dit.py
-                "rand_lumina2": ("rand_lumina2_lora", "rand_lumina2_other_lora")}
+                "rand_lumina2": ("rand_lumina2_lora", "rand_lumina2_other_lora"),
+                "rand_zimage": ("rand_zimage_lora", "rand_zimage_other_lora"),
+                "rand_chroma": ("rand_chroma_lora", "rand_chroma_other_lora"),
+                "rand_wan": ("rand_wan_lora", "rand_wan_other_lora")}
 
 
 def family_of(checkpoint_title: str) -> str:

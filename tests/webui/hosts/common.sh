@@ -45,6 +45,27 @@ export_tree() {
   echo "$repo $commit${sub:+:$sub}" > "$dest/.pg_export"
 }
 
+# overlay_tree DIR : point WEBUI at a hard-linked copy of the exported tree ($ROOT/webui-overlay, remade each
+# start) with the harness's own files from DIR laid over its backend/huggingface/ (the model config files Neo
+# reads, e.g. a text encoder with fewer layers: tests/webui/harness_models_dit.py). The exported tree itself is
+# never written: each overlaid file replaces a link in the copy, not the file it links to.
+overlay_tree() {
+  local src over=$ROOT/webui-overlay f
+  src=$(realpath "$1") || fail "HF_OVERLAY: no directory $1"
+  [[ -d $src ]] || fail "HF_OVERLAY: no directory $1"
+  rm -rf "$over"
+  cp -al "$WEBUI" "$over" || fail "could not copy $WEBUI to $over"
+  rm -rf "$over/models" && ln -s "$WEBUI/models" "$over/models"   # models added later are seen too
+  while IFS= read -r -d '' f; do
+    f=${f#"$src"/}
+    rm -f "$over/backend/huggingface/$f"
+    mkdir -p "$(dirname "$over/backend/huggingface/$f")"
+    cp "$src/$f" "$over/backend/huggingface/$f"
+    say "overlay: backend/huggingface/$f (the harness's own copy)"
+  done < <(find "$src" -type f -print0)
+  WEBUI=$over
+}
+
 # link the random checkpoints (SD 1.5; SDXL where tests/webui/harness_models_families.py made them) and the LoRAs
 # made by the A1111 harness (no new models)
 link_models() {

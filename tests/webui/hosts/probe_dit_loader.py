@@ -29,7 +29,13 @@ FAMILIES = {  # family -> (engine class, checkpoint, modules, LoRAs (name, patch
                [("rand_chroma_lora", False), ("rand_chroma_diffusers_lora", False), ("rand_chroma_te_lora", True),
                 ("rand_chroma_other_lora", False), ("rand_chroma_norm_lora", False)]),
     "zimage": ("ZImage", "rand_zimage.safetensors", ["text_encoder/rand_qwen3_4b_fp8.safetensors", "VAE/rand_flux_vae.safetensors"],
-               [("rand_zimage_lora", False), ("rand_zimage_diffusers_lora", False), ("rand_zimage_other_lora", False)]),
+               [("rand_zimage_lora", False), ("rand_zimage_diffusers_lora", False), ("rand_zimage_te_lora", True),
+                ("rand_zimage_other_lora", False), ("rand_zimage_norm_lora", False)]),
+    # Wan's UMT5 has 2 layers through the harness's own config file: run from the overlay tree that
+    # `HF_OVERLAY=$NEO/hf-overlay` makes at a server start ($NEO/webui-overlay, tests/webui/hosts/common.sh)
+    "wan": ("Wan", "rand_wan.safetensors", ["text_encoder/rand_umt5xxl_2layers_fp8.safetensors", "VAE/rand_wan21_vae.safetensors"],
+            [("rand_wan_lora", False), ("rand_wan_peft_lora", False), ("rand_wan_other_lora", False),
+             ("rand_wan_norm_lora", False), ("rand_wan_conv3d_lora", False)]),
 }
 family = sys.argv[1] if len(sys.argv) > 1 else ""
 if family not in FAMILIES:

@@ -3,13 +3,14 @@
 # into <data-dir>/extensions (default: the project checkout, i.e. PG itself); waits for the API and
 # prints the PID.  Knobs: PORT (default 7870), DATA_DIR ($FORK_HARNESS/<host>/data-$PORT),
 # CKPT (rand_sd15.safetensors), NOWEBUI=1, WAIT_MODEL=1, START_TIMEOUT=900, OMP_NUM_THREADS=1,
-# EXTRA_ARGS.  Log and pid: $FORK_HARNESS/<host>/logs/webui-$PORT.{log,pid}.  Stop with stop.sh.
+# EXTRA_ARGS, HF_OVERLAY (a dir of config files laid over the tree's backend/huggingface/, see common.sh).  Log and pid: $FORK_HARNESS/<host>/logs/webui-$PORT.{log,pid}.  Stop with stop.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 host_paths
 PORT=${PORT:-7870}
 LOG=$ROOT/logs/webui-$PORT.log
 PIDFILE=$ROOT/logs/webui-$PORT.pid
 [[ -x $PY && -f $WEBUI/launch.py ]] || fail "not set up: run $HOST_NAME/setup.sh first"
+[[ -n ${HF_OVERLAY:-} ]] && overlay_tree "$HF_OVERLAY"   # the harness's own model config files (common.sh)
 mkdir -p "$ROOT/logs"
 if [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then fail "already running as PID $(cat "$PIDFILE")"; fi
 (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && fail "127.0.0.1:$PORT is taken"

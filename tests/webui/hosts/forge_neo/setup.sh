@@ -24,6 +24,20 @@ export_tree "$REPO" "$REF" "$WEBUI" "$SUBDIR"
 grep -q '"neo"' "$WEBUI/modules_forge/forge_version.py" || fail "the exported tree is not Neo: $(cat "$WEBUI/modules_forge/forge_version.py")"
 find "$WEBUI/extensions" -mindepth 1 -maxdepth 1 -exec rm -rf {} + 2>/dev/null || true
 
+# Chroma's T5 tokenizer: the redistribution's .gitignore (line 2, `**/tokenizer/tokenizer.json`) keeps
+# `backend/huggingface/Chroma/tokenizer/tokenizer.json` out of the tree, and nothing writes it back at start, so
+# this tree cannot load any Chroma checkpoint (docs/dit-families.md §5.5). The tokenizer is T5-XXL's: Chroma's
+# tokenizer_config.json and special_tokens_map.json are byte-identical to FLUX.1-dev's tokenizer_2, whose
+# tokenizer.json the tree does carry. Copy that one data file across (no source file is touched).
+restore_chroma_tokenizer() {
+  local src=$WEBUI/backend/huggingface/black-forest-labs/FLUX.1-dev/tokenizer_2 dst=$WEBUI/backend/huggingface/Chroma/tokenizer
+  [[ -d $dst && ! -f $dst/tokenizer.json && -f $src/tokenizer.json ]] || return 0
+  cmp -s "$src/tokenizer_config.json" "$dst/tokenizer_config.json" && cmp -s "$src/special_tokens_map.json" "$dst/special_tokens_map.json" \
+    || { say "Chroma tokenizer left as is: its config differs from FLUX.1-dev/tokenizer_2"; return 0; }
+  cp "$src/tokenizer.json" "$dst/tokenizer.json" && say "Chroma: T5 tokenizer.json restored from FLUX.1-dev/tokenizer_2"
+}
+restore_chroma_tokenizer
+
 # As the launcher does (modules/launch_utils.py prepare_environment): gradio 4.40.0 + gradio_rangeslider
 # 0.0.8 first, in a pip run of their own, then requirements.txt (whose Pillow 12 is newer than gradio
 # 4.40 declares: pip warns and the launcher goes on, so do we). requirements.txt relaxed: the disk's

@@ -8,7 +8,8 @@ import collections
 
 import torch
 
-from .lora import merge_lora_to_weight
+from ..float import stochastic_rounding
+from .lora import merge_lora_to_weight, string_to_seed
 
 Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])
 
@@ -54,7 +55,8 @@ class ModelPatcher:
             else:
                 original = getattr(module, name).detach().clone()
                 self.backup[key] = Backup(original, False)
-                merged = merge_lora_to_weight(entries, original.float().clone(), key).to(original.dtype)
+                merged = merge_lora_to_weight(entries, original.float().clone(), key)
+                merged = stochastic_rounding(merged, original.dtype, seed=string_to_seed(key))
                 setattr(module, name, torch.nn.Parameter(merged, requires_grad=False))
         return self.model
 

@@ -2,6 +2,8 @@
 passes a copy). Patches are weight-adapter objects (`name`, `weights`, `calculate_weight`) or ("diff", (w,))."""
 import torch
 
+from fork_objects import key_seed as string_to_seed  # noqa: F401 (lora.py: the seed of a key's rounding)
+
 
 class LoRAAdapter:
     name = "lora"

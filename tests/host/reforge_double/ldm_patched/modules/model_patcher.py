@@ -3,6 +3,9 @@ import collections
 
 import torch
 
+from fork_objects import key_seed as string_to_seed
+
+from .. import float as host_float
 from . import lora
 
 Backup = collections.namedtuple("Backup", ["weight", "inplace_update"])
@@ -43,7 +46,8 @@ class ModelPatcher:
                 if key not in self.backup:
                     self.backup[key] = Backup(getattr(module, name).detach().clone(), False)
                 merged = lora.calculate_weight(entries, self.backup[key].weight.float().clone(), key)
-                setattr(module, name, torch.nn.Parameter(merged.to(self.backup[key].weight.dtype), requires_grad=False))
+                merged = host_float.stochastic_rounding(merged, self.backup[key].weight.dtype, seed=string_to_seed(key))
+                setattr(module, name, torch.nn.Parameter(merged, requires_grad=False))
         return self.model
 
     def unpatch_model(self):
