@@ -20,6 +20,7 @@ selected LoRA at ω × strength, loaded and merged by the fork, the uncond entry
              `original_param` while the fork has the LoRAs merged (its backup), θ' − θ_base from a base
              file; reference θ_ω = lerp(base, θ', ω) in the parameters under the weak chain, merged by the fork
   clean      no hook left on any module; the chain's entries untouched
+  fp8        (reForge, Neo) fp8-stored weights merged offline: θ' − (1 − ω)·D is the fork's own rounded θ_ω
 
 Prints PASS/FAIL lines; exit 1 on any FAIL.
 """
@@ -338,6 +339,49 @@ class _Nothing:
         return False
 
 
+def fp8_case(name, omega):
+    """Weights stored in fp8, LoRAs merged offline: the fork writes θ' back by its own seeded stochastic rounding
+    (reForge model_patcher.py:581, Neo base.py:486-487), and the reference's θ_ω likewise. PG's weak weight,
+    θ' − (1 − ω)·D with D from the adapter, must be the fork's own θ_ω, rounding included (at the weight: the
+    tiny UNet's forward does not run on fp8 weights outside the fork's cast-per-forward layer setup)."""
+    unet = TinyUNet(16, 12).requires_grad_(False)
+    model = Model(forge_linears(unet) if HOST != "reforge" else unet)
+    layers = [m for m in model.diffusion_model.modules() if isinstance(m, nn.Linear)]
+    for layer in layers:
+        layer.weight = nn.Parameter(layer.weight.detach().to(torch.float8_e4m3fn), requires_grad=False)
+    root = RootPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        subject = lora_file(tmp, "subject", model, 1, "lora")
+        style = lora_file(tmp, "style", model, 2, "lora", only=lambda n: "attn" in n)
+        loras = [(subject, 1.0), (style, 0.8)]
+        after = chain(root, loras)
+        nets = [type("Net", (), {"name": n, "network_on_disk": type("Disk", (), {"filename": f})()})()
+                for n, f in (("subject", subject), ("style", style))]
+        pass_patcher = after.clone()
+        deltas = adapter.patcher_deltas(pass_patcher, selected_of(after, root, loras, nets), omega)
+        merged(pass_patcher)
+        patched = {layer: layer.weight.detach().float().clone() for layer in layers}
+        restore(pass_patcher)
+        weak = chain(root, [(subject, omega), (style, 0.8)])
+        merged(weak)
+        host_weak = {layer: layer.weight.detach().float().clone() for layer in layers}
+        restore(weak)
+    corrected = [layer for layer in layers if layer in deltas]
+
+    def difference(delta):  # D as a weight: dense as is, low rank as its product
+        if hasattr(delta, "up"):
+            return delta.up.float() @ delta.down.float() * delta.scale
+        return delta.weight.float()
+
+    err = max((float((patched[m] - (1 - omega) * difference(deltas[m][0]) - host_weak[m]).abs().max())
+               for m in corrected), default=float("nan"))
+    kinds = sorted({type(deltas[m][0]).__name__ for m in corrected})
+    moved = max(float((patched[m] - host_weak[m]).abs().max()) for m in corrected) if corrected else 0.0
+    check(name, kinds == ["DenseDelta"] and err < 1e-6 and moved > 1e-3,
+          f"ω={omega}: {len(corrected)} fp8 Linear layers, deltas {kinds}, max |θ' − (1−ω)·D − host θ_ω| = {err:.1e} "
+          f"(θ' vs θ_ω differ by {moved:.3f})")
+
+
 case("one_call", "lora", 0.0, split=False)
 case("one_call.omega_half", "lora", 0.5, split=False)
 case("split", "lora", 0.3, split=True)
@@ -345,5 +389,7 @@ case("types.loha", "loha", 0.3, split=False)
 case("types.dora", "dora", 0.3, split=False)
 case("base.lora_loha", "loha", 0.3, split=False, base=True)
 case("base.omega_zero.split", "lora", 0.0, split=True, base=True)
+if COMFY_PATCHER:  # Forge merges fp8-stored weights online, per forward and unrounded (docs/forks.md §1)
+    fp8_case("fp8.offline", 0.3)
 print(f"{failures} failure(s)")
 sys.exit(1 if failures else 0)
