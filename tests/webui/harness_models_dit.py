@@ -200,6 +200,16 @@ def pick(layout: dict, blocks: range, layers: tuple, prefix: str = "blocks.") ->
     return out
 
 
+def with_norm_diffs(sd: dict, layout: dict, wanted, seed: int) -> dict:
+    """`sd` plus a `.diff` (0.2 · N(0, 1)) on every norm weight of `layout` that `wanted(key)` picks: the norm
+    layers a LoRA trained with norms on patches (diffusion_model.<path>.diff, as kohya/LyCORIS write them)."""
+    gen = torch.Generator().manual_seed(seed)
+    for key, shape in layout.items():
+        if wanted(key):
+            sd["diffusion_model." + key[: -len(".weight")] + ".diff"] = (0.2 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+    return sd
+
+
 # -- Anima -------------------------------------------------------------------------------------------
 
 ANIMA_CONFIG = dict(  # what guess/detection.py:201-221 (de2193d) returns for any Anima file
@@ -381,11 +391,8 @@ def make_lumina2(force: bool) -> list[str]:
         save_sorted(kohya_lora(targets, 4, 0.5, seed=404), paths["other"])
         written.append(paths["other"])
     if force or not os.path.exists(paths["norm"]):
-        sd = peft_lora(linears(LUMINA_LINEARS[:2]), 4, 0.5, seed=405)
-        gen = torch.Generator().manual_seed(406)
-        for key, shape in dit_layout.items():
-            if key.endswith("attention_norm1.weight"):
-                sd["diffusion_model." + key[: -len(".weight")] + ".diff"] = (0.2 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        sd = with_norm_diffs(peft_lora(linears(LUMINA_LINEARS[:2]), 4, 0.5, seed=405), dit_layout,
+                             lambda key: key.endswith("attention_norm1.weight"), seed=406)
         save_sorted(sd, paths["norm"])
         written.append(paths["norm"])
     return written
@@ -481,11 +488,8 @@ def make_chroma(force: bool) -> list[str]:
         save_sorted(kohya_lora(kohya(fused[1:4] + fused[-1:]), 4, 0.5, seed=604), paths["other"])
         written.append(paths["other"])
     if force or not os.path.exists(paths["norm"]):
-        sd = kohya_lora(kohya(("img_attn.proj", "linear2")), 4, 0.5, seed=605)
-        gen = torch.Generator().manual_seed(606)
-        for key, shape in dit_layout.items():
-            if key.endswith("query_norm.weight") and key.startswith("double_blocks."):
-                sd["diffusion_model." + key[: -len(".weight")] + ".diff"] = (0.2 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        sd = with_norm_diffs(kohya_lora(kohya(("img_attn.proj", "linear2")), 4, 0.5, seed=605), dit_layout,
+                             lambda key: key.endswith("query_norm.weight") and key.startswith("double_blocks."), seed=606)
         save_sorted(sd, paths["norm"])
         written.append(paths["norm"])
     return written
@@ -556,11 +560,8 @@ def make_zimage(force: bool) -> list[str]:
         save_sorted(sd, paths["te_lora"])
         written.append(paths["te_lora"])
     if force or not os.path.exists(paths["norm"]):  # a Linear LoRA plus diffs on the refiners' RMSNorms
-        sd = peft_lora(linears(LUMINA_LINEARS[:2]), 4, 0.5, seed=806)
-        gen = torch.Generator().manual_seed(807)
-        for key, shape in dit_layout.items():
-            if key.endswith("attention_norm1.weight"):
-                sd["diffusion_model." + key[: -len(".weight")] + ".diff"] = (0.2 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        sd = with_norm_diffs(peft_lora(linears(LUMINA_LINEARS[:2]), 4, 0.5, seed=806), dit_layout,
+                             lambda key: key.endswith("attention_norm1.weight"), seed=807)
         save_sorted(sd, paths["norm"])
         written.append(paths["norm"])
     return written
@@ -599,13 +600,14 @@ def make_wan(force: bool) -> list[str]:
         with open(os.path.join(overlay_dir, "config.json"), "w") as f:
             json.dump(te_config, f, indent=2)
         written.append(os.path.join(overlay_dir, "config.json") + f" (UMT5-XXL, {WAN_TE_LAYERS} layers)")
-    # what Neo's detection gives (detection.py:80-105) for a 2-block DiT of width 256 (heads = dim / 128)
-    probe = {"head.modulation": (1, 2, 256), "head.head.weight": (64, 256), "blocks.0.ffn.0.weight": (512, 256),
-             "blocks.1.ffn.0.weight": (512, 256), "patch_embedding.weight": (256, 16, 1, 2, 2)}
-    guess = huggingface_guess.guess({"model.diffusion_model." + k: torch.empty(v, device="meta") for k, v in probe.items()})
-    assert guess.huggingface_repo == "Wan-AI/Wan2.1-T2V-14B", guess.huggingface_repo
-    config = {k: v for k, v in guess.unet_config.items() if k != "image_model"}
+    # a 2-block DiT of width 256 (Neo's detection sets heads = dim / 128, detection.py:80-105); checked below to be
+    # what Neo's own detection reads back from the file's keys, so the server builds exactly this model
+    config = dict(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=256, ffn_dim=512, freq_dim=256, out_dim=16,
+                  num_heads=2, num_layers=2, window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6)
     dit_layout = meta_layout(lambda: WanModel(**config))
+    guess = huggingface_guess.guess({"model.diffusion_model." + k: torch.empty(v, device="meta") for k, v in dit_layout.items()})
+    assert guess.huggingface_repo == "Wan-AI/Wan2.1-T2V-14B", guess.huggingface_repo
+    assert all(guess.unet_config.get(k) == v for k, v in config.items()), (guess.unet_config, config)
     if force or not os.path.exists(paths["dit"]):
         n = stream_save(paths["dit"], dit_layout, random_values(dit_layout, seed=901),
                         metadata={"pg_harness": "wan2.1 t2v dit, random, 2 blocks x 256"})
@@ -632,11 +634,8 @@ def make_wan(force: bool) -> list[str]:
         save_sorted(kohya_lora(targets, 4, 0.5, seed=1003), paths["other"])
         written.append(paths["other"])
     if force or not os.path.exists(paths["norm"]):  # Linears plus diffs on the q/k RMSNorms
-        sd = peft_lora(pick(dit_layout, blocks, WAN_LINEARS[:4]), 4, 0.5, seed=1004)
-        gen = torch.Generator().manual_seed(1005)
-        for key, shape in dit_layout.items():
-            if key.endswith(("self_attn.norm_q.weight", "self_attn.norm_k.weight")):
-                sd["diffusion_model." + key[: -len(".weight")] + ".diff"] = (0.2 * torch.randn(shape, generator=gen)).to(torch.bfloat16)
+        sd = with_norm_diffs(peft_lora(pick(dit_layout, blocks, WAN_LINEARS[:4]), 4, 0.5, seed=1004), dit_layout,
+                             lambda key: key.endswith(("self_attn.norm_q.weight", "self_attn.norm_k.weight")), seed=1005)
         save_sorted(sd, paths["norm"])
         written.append(paths["norm"])
     if force or not os.path.exists(paths["conv3d"]):
