@@ -159,6 +159,18 @@ def wan_subject(gen, modulation=False, head=False):
     return sd
 
 
+def wan_full_diff(gen):
+    """As a LoRA extracted from a full fine-tune: Linears, a full `.diff` and `.diff_b` on the Conv3d patch
+    embedding, `.diff` on the blocks' raw `modulation` (which Neo never merges)."""
+    sd = {}
+    for name in ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o"):
+        lora_pair(sd, f"diffusion_model.blocks.0.{name}", 64, 64, gen)
+    sd["diffusion_model.patch_embedding.diff"] = torch.randn(64, 4, 1, 2, 2, generator=gen) * 0.3 / 4 ** 0.5
+    sd["diffusion_model.patch_embedding.diff_b"] = torch.randn(64, generator=gen) * 0.01
+    sd["diffusion_model.blocks.0.modulation.diff"] = torch.randn(1, 6, 64, generator=gen) * 0.01
+    return sd
+
+
 def wan_style(gen):
     sd = {}
     lora_pair(sd, "lora_unet_blocks_0_self_attn_q", 64, 64, gen, "lora_up", "lora_down")
@@ -359,6 +371,8 @@ with tempfile.TemporaryDirectory() as tmp:
     case("wan_locon_alone", tmp, wan, wan_subject(torch.Generator().manual_seed(3)),
          {"lora_unet_blocks_0_ffn_2.lora_up.weight": torch.zeros(64, 2),
           "lora_unet_blocks_0_ffn_2.lora_down.weight": torch.zeros(2, 128)}, wan_inputs, WAN_ALONE, 0.3)
+    case("wan_full_diff", tmp, wan, wan_full_diff(torch.Generator().manual_seed(7)), wan_style(torch.Generator().manual_seed(4)),
+         wan_inputs, {"patch_embedding": "DenseDelta", "blocks.0.self_attn.q": "LowRankDelta"}, 0.3)
     text_encoder_case(tmp, 0.3)
     swap_order()
 

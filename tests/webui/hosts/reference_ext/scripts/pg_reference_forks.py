@@ -99,6 +99,17 @@ def _original(patcher, key: str) -> torch.Tensor:
     return backup if forge2 else backup.weight
 
 
+def _applied_by_host(patcher, key: str) -> bool:
+    """Whether the loaded model has this key's entries, as the host's own load left it (observed, not
+    predicted): merged (backed up) or merged per forward (a function on the layer). Neo's load skips some keys
+    it holds entries for (raw parameters of a module with children, e.g. Wan's `modulation`)."""
+    if _forge2_layout(patcher) or key in patcher.backup:
+        return True
+    module_name, _, param = key.rpartition(".")
+    attr = {"weight": "weight_function", "bias": "bias_function"}.get(param)
+    return bool(attr and getattr(patcher.model.get_submodule(module_name), attr, None))
+
+
 def _merge(entries: list, weight: torch.Tensor, key: str) -> torch.Tensor:
     if REFORGE:
         from ldm_patched.modules.lora import calculate_weight
@@ -136,6 +147,8 @@ def _weak_weights(loaded_patcher, weak_patcher, start=None) -> dict:
     weak_entries = _entries(weak_patcher)
     out = {}
     for key in _entries(loaded_patcher):
+        if not _applied_by_host(loaded_patcher, key):
+            continue  # θ' lacks these entries: so does the host's loader at ω × strength
         original = _original(loaded_patcher, key)
         first = start[key].clone() if key in start else original.float().clone()
         out[key] = _merge(weak_entries.get(key, []), first, key).to(dtype=original.dtype)
