@@ -38,6 +38,9 @@ if uid and "VERSION_UID" not in data:
     data["VERSION_UID"] = uid.group(1)
 json.dump(data, open(path, "w"), indent=1)
 PY
-  model_args=(--model-ref "$WEBUI/models")
+  # gradio 4 serves `file=` paths only under allowed_paths, which Neo sets to its data path (cmd_args.py:44,
+  # webui.py:118). A plain install's data path is the tree itself; with --data-dir elsewhere the tree's own
+  # script.js (and with it every extension's UI script) would be refused: allow the tree, as a plain install does.
+  model_args=(--model-ref "$WEBUI/models" --gradio-allowed-path "$WEBUI")
 }
 source "$(dirname "${BASH_SOURCE[0]}")/../start_common.sh"
