@@ -10,7 +10,11 @@ and checks the img2img tab's picker follows its own prompt. As a script it saves
 Gradio 3.41 answers 403 to every /file= path with a folder starting with "." in it, so a WebUI under
 ~/.cache serves none of its JavaScript (no picker, and none of A1111's own scripts either): start the harness
 from a path without one, e.g. `mount --bind ~/.cache/pg-webui-harness /tmp/pgh; HARNESS=/tmp/pgh start.sh`.
-The test skips, naming this, when GET /file=script.js is refused.
+The test skips, naming this, when GET /file=script.js is refused. Forge Neo (gradio 4) serves `file=` paths only
+under its data path; its harness start.sh allows the tree too (`--gradio-allowed-path`), as a plain install's data
+path is the tree itself:
+
+    python tests/webui/test_lora_picker_browser.py --url http://127.0.0.1:7874 --out docs/img/lora_picker_forge_neo.png
 """
 from __future__ import annotations
 
