@@ -309,8 +309,8 @@ def merged_into_fp8(patcher, online_flag: Optional[int] = None):
 
     def rounded(key: str, entries) -> bool:
         dtype = stored(key)
-        return (dtype is not None and dtype.is_floating_point and torch.finfo(dtype).bits <= 8
-                and _offline(entries, online_flag))
+        return (dtype is not None and dtype.is_floating_point  # element_size: torch 2.1 has no dtype.itemsize
+                and torch.empty((), dtype=dtype).element_size() == 1 and _offline(entries, online_flag))
     return rounded
 
 

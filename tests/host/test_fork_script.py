@@ -286,20 +286,21 @@ def _reforge(host):
     return model, nets, reforge_cfg_step, _reforge_reference, reforge
 
 
+def _forge_like(model, nets, patches):
+    """Forge 2 and Neo: the Lora extension's `available` networks, the subject LoRA and a LoHa on attention."""
+    nets.available = {"subject": patches(model, 21, "lora"),
+                      "style": patches(model, 22, "loha", only=lambda k: "attn" in k)}
+    return model, nets
+
+
 def _forge(host):
     model = ForgeSD()
-    nets = ForgeNetworks(model)
-    nets.available = {"subject": fa.patches(model, 21, "lora"),
-                      "style": fa.patches(model, 22, "loha", only=lambda k: "attn" in k)}
-    return model, nets, forge_cfg_step, _forge_reference, forge
+    return _forge_like(model, ForgeNetworks(model), fa.patches) + (forge_cfg_step, _forge_reference, forge)
 
 
 def _neo(host):
     model = NeoSD()
-    nets = NeoNetworks(model)
-    nets.available = {"subject": na.patches(model, 21, "lora"),
-                      "style": na.patches(model, 22, "loha", only=lambda k: "attn" in k)}
-    return model, nets, forge_cfg_step, _neo_reference, forge_neo
+    return _forge_like(model, NeoNetworks(model), na.patches) + (forge_cfg_step, _neo_reference, forge_neo)
 
 
 @pytest.fixture(params=HOSTS)

@@ -47,8 +47,9 @@ export_tree() {
 
 # overlay_tree DIR : point WEBUI at a hard-linked copy of the exported tree ($ROOT/webui-overlay, remade each
 # start) with the harness's own files from DIR laid over its backend/huggingface/ (the model config files Neo
-# reads, e.g. a text encoder with fewer layers: tests/webui/harness_models_dit.py). The exported tree itself is
-# never written: each overlaid file replaces a link in the copy, not the file it links to.
+# reads, e.g. a text encoder with fewer layers: tests/webui/harness_models_dit.py). The harness writes nothing
+# into the exported tree: each overlaid file replaces a link in the copy, not the file it links to (a file the
+# host itself rewrote in place would be shared with the tree, as hard links are).
 overlay_tree() {
   local src over=$ROOT/webui-overlay f
   src=$(realpath "$1") || fail "HF_OVERLAY: no directory $1"
