@@ -195,6 +195,16 @@ def _reforge_reference(model, nets, omega, selected, text_omega=None, base=None)
     return step
 
 
+def _reference_step_inputs(denoiser, x, sigma, cond, omega, text_omega):
+    """What a slow reference step starts from: the cond, this step's ω (a schedule reads the host's step counter)
+    and the text encoder's ω (ω = 1: a plain CFG step), σ broadcast, the scaled input and the UNet's timestep."""
+    _, text_cond = prompt_parser.reconstruct_multicond_batch(cond, denoiser.step)
+    w = omega(shared.state.sampling_step / max(shared.state.sampling_steps, 1)) if callable(omega) else omega
+    tw = 1.0 if w == 1.0 else w if text_omega is None else text_omega
+    s = sigma[:, None, None, None]
+    return text_cond, w, tw, s, x / (s ** 2 + 1) ** 0.5, sigma * 50
+
+
 def _forge_reference(model, nets, omega, selected, text_omega=None, base=None):
     def chain(factor_of):
         unet, clip = model.forge_objects_original.unet.clone(), model.forge_objects_original.clip.clone()
@@ -205,11 +215,7 @@ def _forge_reference(model, nets, omega, selected, text_omega=None, base=None):
         return unet, clip
 
     def step(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
-        _, text_cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
-        w = omega(shared.state.sampling_step / max(shared.state.sampling_steps, 1)) if callable(omega) else omega
-        tw = 1.0 if w == 1.0 else w if text_omega is None else text_omega  # ω = 1: a plain CFG step
-        s = sigma[:, None, None, None]
-        x_in, t = x / (s ** 2 + 1) ** 0.5, sigma * 50
+        text_cond, w, tw, s, x_in, t = _reference_step_inputs(self, x, sigma, cond, omega, text_omega)
         unet, clip = chain(lambda name: tw if name in selected else 1.0)
         clip.patcher.load()
         weak_ctx = clip.cond_stage_model(self.p.negative_prompts)
@@ -236,11 +242,7 @@ def _neo_reference(model, nets, omega, selected, text_omega=None, base=None):
     def step(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
         from backend.sampling.sampling_function import calc_cond_uncond_batch as neo_batch
 
-        _, text_cond = prompt_parser.reconstruct_multicond_batch(cond, self.step)
-        w = omega(shared.state.sampling_step / max(shared.state.sampling_steps, 1)) if callable(omega) else omega
-        tw = 1.0 if w == 1.0 else w if text_omega is None else text_omega  # ω = 1: a plain CFG step
-        s = sigma[:, None, None, None]
-        x_in, t = x / (s ** 2 + 1) ** 0.5, sigma * 50
+        text_cond, w, tw, s, x_in, t = _reference_step_inputs(self, x, sigma, cond, omega, text_omega)
         text = chain(lambda name: tw if name in selected else 1.0)
         text.clip.patcher.load()
         weak_ctx = text.clip.cond_stage_model(self.p.negative_prompts)
